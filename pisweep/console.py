@@ -1,0 +1,146 @@
+"""Rendering for the terminal (rich). Only the CLI and this module print."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+STATE_STYLE = {"completed": "green", "running": "cyan", "queued": "blue", "planned": "dim", "failed": "red",
+               "blocked": "magenta", "preempted": "yellow", "timeout": "yellow", "cancelled": "dim red",
+               "vanished": "red"}
+
+
+def fmt_metric(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class DataProgress:
+    """A progress callback for synthetic-data generation."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> "DataProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(f"data: {stage}", total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+class RunReporter:
+    """What the local executor shows while it runs: one line per finished job and a live summary."""
+
+    def __init__(self, console: Console, total_jobs: int, total_evals: int):
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console)
+        self.jobs = self.progress.add_task("jobs", total=max(1, total_jobs))
+        self.evals = self.progress.add_task("evals (epoch × task)", total=max(1, total_evals))
+        self.running = self.progress.add_task("running: —", total=None, start=False)
+        self.t0 = time.time()
+
+    def __enter__(self) -> "RunReporter":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def started(self, kind: str, label: str, log: Path) -> None:
+        self.console.log(f"[cyan]start[/] {kind:5s} {label}  [dim]{log}[/]")
+
+    def finished(self, kind: str, label: str, outcome: str, detail: str | None) -> None:
+        style = {"completed": "green", "failed": "red", "stopped": "yellow"}.get(outcome, "white")
+        self.console.log(f"[{style}]{outcome}[/] {kind:5s} {label}" + (f"  [dim]{detail}[/]" if detail else ""))
+
+    def tick(self, state: dict[str, Any]) -> None:
+        done_jobs = state.get("jobs_done")
+        if done_jobs is not None:
+            self.progress.update(self.jobs, completed=done_jobs)
+        if state.get("evals_done") is not None:
+            self.progress.update(self.evals, completed=state["evals_done"])
+        running = state.get("running") or []
+        self.progress.update(self.running, description="running: " + (", ".join(running) or "—"))
+
+
+def status_table(data: dict[str, Any]) -> Table:
+    cov = data["coverage"]
+    table = Table(title=f"study {data['study']}  ·  eval coverage {cov['present']}/{cov['total']} tasks",
+                  title_justify="left")
+    table.add_column("cell", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("epoch", justify="right", no_wrap=True)
+    table.add_column("att", justify="right", no_wrap=True)
+    table.add_column("main metric", no_wrap=True)
+    table.add_column("evals", justify="right", no_wrap=True)
+    table.add_column("disk", justify="right", no_wrap=True)
+    table.add_column("note", overflow="fold")
+    for c in data["cells"]:
+        style = STATE_STYLE.get(c["state"], "white")
+        mm = c.get("main_metric")
+        metric = f"{fmt_metric(mm['value'])} @{mm['epoch']}" if mm and mm.get("value") is not None else "—"
+        evals = c.get("evals")
+        evals_txt = f"{evals.get('done', 0) + evals.get('missing_data', 0)}/{c['evals_planned']}" if evals is not None else ""
+        if evals and evals.get("failed"):
+            evals_txt += f" [red]({evals['failed']} failed)[/]"
+        note = ""
+        if c["state"] in ("failed", "blocked") and c.get("reason"):
+            note = c["reason"] + (f"  (log: {c['log']})" if c.get("log") else "")
+        table.add_row(c["label"], f"[{style}]{c['state']}[/]", f"{c['epoch']}/{c['epochs']}", str(c["attempts"]),
+                      metric, evals_txt, fmt_bytes(c["disk_bytes"]) if c["disk_bytes"] else "", note)
+    return table
+
+
+def report_tables(curves: list[dict[str, Any]]) -> list[Table]:
+    tables = []
+    for cv in curves:
+        arms = cv["arms"]
+        t = Table(title=f"{cv['task']} · {cv['metric']} · scale {cv['scale']} · {cv['epochs']} epochs "
+                        f"(mean over seeds)", title_justify="left")
+        t.add_column("epoch", justify="right")
+        for arm in arms:
+            t.add_column(arm, justify="right")
+        deltas = [a for a in arms if a != "random"] if "random" in arms else []
+        for arm in deltas:
+            t.add_column(f"Δ {arm}−random", justify="right")
+        for row in cv["rows"]:
+            cells = [str(row["epoch"])] + [fmt_metric(row.get(a)) for a in arms]
+            for arm in deltas:
+                d = row.get(f"delta_{arm}")
+                cells.append("—" if d is None else f"[{'green' if d > 0 else 'red' if d < 0 else 'white'}]{d:+.4f}[/]")
+            t.add_row(*cells)
+        tables.append(t)
+    return tables
+
+
+def plan_table(plan_json: dict[str, Any]) -> Table:
+    t = Table(title=f"plan for study {plan_json['study']}: {plan_json['counts']}", title_justify="left")
+    for col in ("kind", "uid", "label", "depends on", "evaluated epochs"):
+        t.add_column(col, no_wrap=True)
+    for i in plan_json["inits"]:
+        t.add_row("init", i["uid"], i["label"], "", "")
+    for r in plan_json["runs"]:
+        ep = r["eval_epochs"]
+        eps = ",".join(map(str, ep)) if len(ep) <= 8 else f"{ep[0]},{ep[1]},…,{ep[-1]} ({len(ep)})"
+        t.add_row("train", r["uid"], r["label"], r["init_uid"] or "", eps)
+    return t

@@ -1,0 +1,125 @@
+"""Where a study's data lies, as concrete paths, and the preflight check run before anything is submitted."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import PreflightError
+from .spec import Study
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    nights: str | None
+    train: dict[str, tuple[str, int]]  # scale -> (shard pattern, samples per epoch)
+    eval_root: str | None
+
+
+def resolve(study: Study, generate: bool = False,
+            progress: Callable[[str, int, int], None] | None = None) -> DataPaths:
+    """Concrete paths of the study's data; for synthetic data, make it first when ``generate`` (idempotent)."""
+    synth = study.data.synthetic
+    if synth is None:
+        return DataPaths(study.data.nights, {k: (v.shards, v.samples) for k, v in study.data.train.items()},
+                         study.data.eval_root)
+    from .data.synth import SynthConfig, layout_for, synthesize
+
+    cfg = SynthConfig(**synth.model_dump(exclude={"root"}, exclude_none=True))
+    lay = synthesize(Path(synth.root), cfg, progress) if generate else layout_for(Path(synth.root), cfg)
+    return DataPaths(str(lay.nights_root), {k: (v.pattern, v.num_samples) for k, v in lay.train.items()},
+                     str(lay.eval_root))
+
+
+@dataclass
+class Preflight:
+    problems: list[str] = field(default_factory=list)
+    coverage_present: list[str] = field(default_factory=list)
+    coverage_missing: dict[str, str] = field(default_factory=dict)
+
+    def raise_if_problems(self, spec_name: str) -> None:
+        if self.problems:
+            raise PreflightError(f"study {spec_name!r}: preflight found {len(self.problems)} problem(s):\n  "
+                                 + "\n  ".join(self.problems))
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand ``{000..123}`` ranges (zero-padded) and ``{a,b}`` lists, as webdataset and open_clip do."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if rng:
+        a, b = rng.groups()
+        width = len(a)
+        items = [str(i).zfill(width) for i in range(int(a), int(b) + 1)]
+    else:
+        items = body.split(",")
+    return [x for item in items for x in expand_braces(head + item + tail)]
+
+
+def shard_sizes(shards: list[str]) -> dict[str, int] | None:
+    """Samples per shard from open_clip's sizes.json or img2dataset's per-shard _stats.json, when present."""
+    if not shards:
+        return None
+    folder = Path(shards[0]).parent
+    sizes_file = folder / "sizes.json"
+    if sizes_file.exists():
+        sizes = json.loads(sizes_file.read_text())
+        return {s: int(sizes[Path(s).name]) for s in shards if Path(s).name in sizes}
+    out = {}
+    for s in shards:
+        stats = Path(s).with_name(Path(s).stem + "_stats.json")
+        if stats.exists():
+            data = json.loads(stats.read_text())
+            out[s] = int(data.get("successes", data.get("count", 0)))
+    return out or None
+
+
+def preflight(study: Study, paths: DataPaths, ranks: int = 1) -> Preflight:
+    """Find what would fail later: missing paths, sample counts that don't add up, too few shards, eval coverage."""
+    pf = Preflight()
+    if "perceptual" in study.grid.init or "shuffled" in study.grid.init:
+        if not paths.nights:
+            pf.problems.append("data.nights: a perceptual or shuffled init needs NIGHTS, and no path is set")
+        elif not (Path(paths.nights) / "data.csv").exists():
+            pf.problems.append(f"data.nights: {Path(paths.nights) / 'data.csv'} does not exist")
+    workers = max(1, study.stage2.workers)
+    for scale in study.grid.scale:
+        pattern, samples = paths.train[scale]
+        shards = expand_braces(pattern)
+        missing = [s for s in shards if "://" not in s and not Path(s).exists()]
+        if missing:
+            pf.problems.append(f"data.train.{scale}.shards: {len(missing)} of {len(shards)} shards missing "
+                               f"(first: {missing[0]})")
+            continue
+        sizes = shard_sizes(shards)
+        if sizes is not None:
+            total = sum(sizes.values())
+            if total < samples:
+                pf.problems.append(f"data.train.{scale}.samples: {samples} samples asked, but the shards hold {total}")
+            else:
+                used, n = 0, 0
+                for s in shards:
+                    used += sizes.get(s, 0)
+                    n += 1
+                    if used >= samples:
+                        break
+                shards = shards[:n]
+        if len(shards) < workers * ranks:
+            pf.problems.append(f"data.train.{scale}: {len(shards)} shards cover the scale but stage2.workers x ranks = "
+                               f"{workers} x {ranks}; every loader worker needs at least one shard")
+    from .eval.registry import coverage
+    from .plan import suite_tasks
+
+    tasks = suite_tasks(study)
+    if paths.eval_root:
+        present, missing_map = coverage(Path(paths.eval_root), list(tasks), dict(study.eval.folders))
+        pf.coverage_present = list(present)
+        pf.coverage_missing = {k: str(v) for k, v in missing_map.items()}
+    else:
+        pf.coverage_missing = {t: "(data.eval_root not set)" for t in tasks}
+    return pf

@@ -1,0 +1,56 @@
+"""What a running job gets from pisweep: its folder, its attempt, a way to report events, and the stop flag.
+
+Signals (SIGUSR2 from SLURM before a preemption or time limit, SIGTERM) only set the flag; the training loop
+checks :meth:`JobContext.should_stop` at step boundaries, saves, and raises :class:`Preempted`.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .events import attempt_from_env, write_event
+
+log = logging.getLogger("pisweep.job")
+
+
+class Preempted(Exception):
+    """Raised by a job that saved its state and stops because it was asked to (preemption or time limit)."""
+
+    def __init__(self, signal_name: str, step: int):
+        super().__init__(f"stopped by {signal_name} at step {step}; state saved")
+        self.signal_name = signal_name
+        self.step = step
+
+
+@dataclass
+class JobContext:
+    uid: str
+    folder: Path
+    rank: int = 0
+    world_size: int = 1
+    attempt: dict[str, Any] = field(default_factory=attempt_from_env)
+    step: int = 0
+    epoch: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    stop_signal: str | None = None
+
+    def emit(self, kind: str, /, **data: Any) -> None:
+        """Write an event (rank 0 only: one event per fact, however many ranks)."""
+        if self.rank == 0:
+            write_event(self.folder, self.uid, kind, self.attempt, **data)
+
+    def request_stop(self, name: str) -> None:
+        self.stop_signal = name
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        return self._stop.is_set()
+
+    def install_signal_handlers(self, signals: tuple[int, ...] = (signal.SIGUSR2, signal.SIGTERM)) -> None:
+        """Replace any handler (submitit's included) with one that only sets the stop flag."""
+        for sig in signals:
+            signal.signal(sig, lambda signum, _frame: self.request_stop(signal.Signals(signum).name))

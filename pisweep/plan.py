@@ -1,0 +1,169 @@
+"""Expand a study into jobs: stage-1 inits, stage-2 runs and eval items. Pure and deterministic.
+
+Every job has a uid: a hash of the canonical JSON of everything that changes its result (model, hyper-parameters
+including the global batch size and the sample-order scheme, data identity, seed, init) and of nothing that does
+not (executor, resources, log paths, loader workers, logging cadence).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .spec import Study
+
+UID_LEN = 12
+# Fields of a stage's spec that change how a job runs but never what it computes.
+_STAGE1_NOT_RESULT = {"workers"}
+_STAGE2_NOT_RESULT = {"workers", "checkpoint_every_steps", "log_every_steps"}
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+def uid_of(kind: str, identity: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{kind}:{canonical_json(identity)}".encode()).hexdigest()[:UID_LEN]
+
+
+@dataclass(frozen=True)
+class InitJob:
+    """One stage-1 training, shared by every run of the same init method, stage-1 config and seed."""
+
+    uid: str
+    method: str  # "perceptual" | "shuffled"
+    seed: int
+    identity: dict[str, Any] = field(compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"init-{self.method}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One stage-2 contrastive training: a cell of the grid."""
+
+    uid: str
+    init: str  # "random" | "perceptual" | "shuffled"
+    init_uid: str | None
+    scale: str
+    epochs: int
+    seed: int
+    eval_epochs: tuple[int, ...]
+    identity: dict[str, Any] = field(compare=False, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.init}-{self.scale}-e{self.epochs}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    run_uid: str
+    epoch: int
+    task: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: str
+    inits: tuple[InitJob, ...]
+    runs: tuple[RunJob, ...]
+    evals: tuple[EvalItem, ...]
+    tasks: tuple[str, ...]
+
+    def init_by_uid(self) -> dict[str, InitJob]:
+        return {i.uid: i for i in self.inits}
+
+    def run_by_uid(self) -> dict[str, RunJob]:
+        return {r.uid: r for r in self.runs}
+
+    def counts(self) -> dict[str, int]:
+        return {"inits": len(self.inits), "runs": len(self.runs), "evals": len(self.evals), "tasks": len(self.tasks)}
+
+
+def suite_tasks(study: Study) -> tuple[str, ...]:
+    from .eval.registry import SUITE_KEYS  # pure module: task keys only
+
+    return tuple(SUITE_KEYS) if study.eval.tasks == "paper" else tuple(study.eval.tasks)
+
+
+def model_identity(study: Study) -> dict[str, Any]:
+    return {"name": study.model.name, "config": study.model.config}
+
+
+def data_identity(study: Study, part: str, scale: str | None = None) -> dict[str, Any]:
+    """What identifies the data a job reads: the synthetic generator's config, or the real path/pattern."""
+    data = study.data
+    if data.synthetic is not None:
+        synth = data.synthetic.model_dump(exclude={"root"})
+        if part == "train":
+            return {"synthetic": synth, "scale": scale, "samples": data.synthetic.train_scales[scale]}
+        return {"synthetic": synth}
+    if part == "train":
+        s = data.train[scale]
+        return {"shards": s.shards, "samples": s.samples}
+    return {"nights": data.nights}
+
+
+def eval_epochs(epochs: int, every: int) -> tuple[int, ...]:
+    """Epochs whose checkpoint is evaluated: every ``every``-th, and always the last."""
+    return tuple(e for e in range(1, epochs + 1) if e % every == 0 or e == epochs)
+
+
+def make_plan(study: Study) -> Plan:
+    tasks = suite_tasks(study)
+    model = model_identity(study)
+    stage1 = study.stage1.model_dump(mode="json", exclude=_STAGE1_NOT_RESULT)
+    stage2 = study.stage2.model_dump(mode="json", exclude=_STAGE2_NOT_RESULT)
+    inits: dict[tuple[str, int], InitJob] = {}
+    runs: list[RunJob] = []
+    for scale in study.grid.scale:
+        for epochs in study.grid.epochs:
+            for seed in study.grid.seed:
+                for init in study.grid.init:
+                    init_uid = None
+                    if init != "random":
+                        key = (init, seed)
+                        if key not in inits:
+                            ident = {"method": init, "seed": seed + study.stage1.seed_offset, "model": model,
+                                     "stage1": stage1, "data": data_identity(study, "nights")}
+                            inits[key] = InitJob(uid_of("init", ident), init, seed, ident)
+                        init_uid = inits[key].uid
+                    ident = {"init": init, "init_uid": init_uid, "model": model, "stage2": stage2,
+                             "data": data_identity(study, "train", scale), "epochs": epochs, "seed": seed}
+                    runs.append(RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
+                                       eval_epochs(epochs, study.eval.every), ident))
+    evals = tuple(EvalItem(r.uid, e, t) for r in runs for e in r.eval_epochs for t in tasks)
+    return Plan(study.name, tuple(inits.values()), tuple(runs), evals, tasks)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each job keeps its files under the study's output root."""
+
+    root: Path
+
+    def init_dir(self, uid: str) -> Path:
+        return self.root / "inits" / uid
+
+    def run_dir(self, uid: str) -> Path:
+        return self.root / "runs" / uid
+
+    def job_dir(self, kind: str, uid: str) -> Path:
+        return self.init_dir(uid) if kind == "init" else self.run_dir(uid)
+
+    @property
+    def eval_cache(self) -> Path:
+        return self.root / "cache" / "eval"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+
+def default_ledger(study: Study) -> Path:
+    return Path(study.ledger) if study.ledger else Path(study.output_root) / "ledger.sqlite"

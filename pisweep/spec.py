@@ -1,0 +1,198 @@
+"""The study spec: pydantic models loaded from one YAML file.
+
+Pure: no torch, no files written. Unknown keys are refused everywhere (``extra="forbid"``), and every default of
+a hyper-parameter names its source (shared/reference/paper-protocol.md, "§" below).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .data.synth_config import SynthConfig
+
+InitMethod = Literal["random", "perceptual", "shuffled"]
+ExecutorName = Literal["local", "slurm"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScaleData(Strict):
+    """One data scale: the first shards of ``shards`` that cover ``samples`` samples; an epoch is ``samples``."""
+
+    shards: str = Field(description="brace pattern of webdataset shards, e.g. /data/yfcc/{00000..01539}.tar")
+    samples: int = Field(gt=0, description="samples per epoch at this scale")
+
+
+class SyntheticData(SynthConfig):
+    """Small synthetic data in the real formats, generated under ``root`` when missing (see pisweep.data.synth)."""
+
+    root: str = "data/synthetic"
+
+
+class DataSpec(Strict):
+    """Where the data lies: real paths, or ``synthetic`` (which then provides all three)."""
+
+    nights: str | None = Field(None, description="NIGHTS root (ref/, distort/, data.csv)")
+    train: dict[str, ScaleData] = Field(default_factory=dict, description="scale name -> shards + samples")
+    eval_root: str | None = Field(None, description="folder of CLIP_benchmark webdataset task folders")
+    synthetic: SyntheticData | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if self.synthetic is not None and (self.nights or self.train or self.eval_root):
+            raise ValueError("give either 'synthetic' or real paths (nights, train, eval_root), not both")
+        if self.synthetic is None and not self.train:
+            raise ValueError("no training data: set 'train' (scale -> shards, samples) or 'synthetic'")
+        return self
+
+    def scale_names(self) -> list[str]:
+        return list(self.synthetic.train_scales) if self.synthetic is not None else list(self.train)
+
+
+class ModelSpec(Strict):
+    """An open_clip model by name (e.g. ViT-B-32), or an inline open_clip model config registered as ``name``."""
+
+    name: str = "ViT-B-32"  # §1.3: the paper's ViT-B/32
+    config: dict[str, Any] | None = None
+
+
+class OptimSpec(Strict):
+    lr: float = Field(5e-4, gt=0)  # §1.4 / §1.5: AdamW lr 5e-4
+    weight_decay: float = Field(0.1, ge=0)  # §1.4 / §1.5: wd 0.1 (none on biases, norms, embeddings, logit scale)
+    betas: tuple[float, float] = (0.9, 0.98)  # §1.4 / §1.5
+    eps: float = Field(1e-8, gt=0)  # §1.4 / §1.5
+    warmup_steps: int = Field(ge=0)  # stage-specific default below
+    min_lr: float = 0.0  # §1.4: cosine to 0
+
+
+class Stage1Spec(Strict):
+    """Perceptual init on NIGHTS (§1.4, the authors' Lightning preset nights_init_vitb32)."""
+
+    epochs: int = Field(32, ge=1)  # §1.4: 32 epochs
+    global_batch_size: int = Field(768, ge=1)  # §1.4: 128 per device x 6 devices
+    margin: float = Field(0.05, gt=0)  # §1.4: hinge margin 0.05
+    min_votes: int = Field(6, ge=1)  # §2.2: keep rows with votes >= 6
+    optim: OptimSpec = OptimSpec(warmup_steps=150)  # §1.4: 150 warmup steps
+    workers: int = Field(2, ge=0)
+    seed_offset: int = 0  # stage-1 seed = run seed + offset (the authors used 42 for one run)
+
+
+class Stage2Spec(Strict):
+    """Contrastive pretraining (§1.5, the authors' DeCLIP-style preset)."""
+
+    global_batch_size: int = Field(8192, ge=1)  # §1.5 is 1024/device; open_clip's YFCC runs used 8 GPUs (§4.1)
+    optim: OptimSpec = OptimSpec(warmup_steps=2500)  # §1.5: warmup 2500 steps
+    grad_clip: float | None = Field(3.0, gt=0)  # §1.5: gradient clipping at 3
+    augment: bool = True  # §1.5: MoCo-v2/DeCLIP augmentation on by default
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU (§1.5: bf16-mixed)
+    workers: int = Field(2, ge=0)
+    sample_order: Literal["seeded-shards-v1"] = "seeded-shards-v1"  # how samples are ordered (changes results)
+    checkpoint_every_steps: int | None = Field(None, ge=1)  # None: about every 10 minutes of training
+    log_every_steps: int = Field(10, ge=1)
+
+
+class EvalSpec(Strict):
+    """Zero-shot evaluation of every ``every``-th epoch checkpoint (and the last)."""
+
+    tasks: list[str] | Literal["paper"] = "paper"  # "paper": the 29 + 2 suite of §1.6
+    every: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    folders: dict[str, str] = Field(default_factory=dict, description="task key -> folder name override")
+    main_task: str = "imagenet1k"
+    cache_dir: str | None = None  # preprocessed-image cache; None: inside the output root
+
+
+class GridSpec(Strict):
+    """The axes of the study; every combination is one stage-2 run."""
+
+    init: list[InitMethod] = Field(default_factory=lambda: ["random", "perceptual"], min_length=1)
+    scale: list[str] = Field(min_length=1)
+    epochs: list[int] = Field(default_factory=lambda: [32], min_length=1)  # §1.5: 32 epochs
+    seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("init", "scale", "epochs", "seed")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        dup = sorted({str(x) for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"duplicate values {dup}")
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(e < 1 for e in v):
+            raise ValueError("epochs must be >= 1")
+        return v
+
+
+class Resources(Strict):
+    """Shape of one job. Does not change results (not in any uid), except the rank count of a train job."""
+
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)  # 0: CPU, one rank per node
+    cpus_per_task: int = Field(2, ge=1)
+    mem_gb: float = Field(8, gt=0)
+    time_min: int = Field(60, ge=1)
+
+
+class ExecutorSpec(Strict):
+    name: ExecutorName = "local"  # never chosen from what is installed
+    max_parallel: int = Field(1, ge=1)  # local executor: jobs at once
+    profile: str | None = None  # slurm: a site profile in slurm_templates/
+    init: Resources = Resources()
+    train: Resources = Resources()
+    eval: Resources = Resources()
+    max_failures: int = Field(2, ge=0)  # retries of a failed job before the cell is failed
+    max_timeouts: int = Field(3, ge=0)
+
+
+class WandbSpec(Strict):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "pisweep"
+
+
+class Study(Strict):
+    name: str
+    output_root: str
+    ledger: str | None = None  # default: <output_root>/ledger.sqlite
+    executor: ExecutorSpec = ExecutorSpec()
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    stage1: Stage1Spec = Stage1Spec()
+    stage2: Stage2Spec = Stage2Spec()
+    eval: EvalSpec = EvalSpec()
+    grid: GridSpec
+    wandb: WandbSpec = WandbSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-', starting with a letter or digit")
+        return v
+
+
+def cross_field_problems(study: Study) -> list[tuple[tuple[str | int, ...], str]]:
+    """Checks that span several sections, as (field path, message) pairs; empty when the study is consistent."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    known = study.data.scale_names()
+    for i, scale in enumerate(study.grid.scale):
+        if scale not in known:
+            problems.append((("grid", "scale", i), f"scale {scale!r} is not one of the data's scales {known}"))
+    if study.eval.tasks != "paper":
+        from .eval.registry import SUITE_KEYS  # pure: task keys only
+
+        for i, task in enumerate(study.eval.tasks):
+            if task not in SUITE_KEYS:
+                problems.append((("eval", "tasks", i), f"unknown task {task!r}; the suite's keys are: "
+                                                       + ", ".join(SUITE_KEYS)))
+    if study.executor.name == "slurm" and not study.executor.profile:
+        problems.append((("executor", "profile"), "executor 'slurm' needs a site profile (a file in slurm_templates/)"))
+    return problems

@@ -1,0 +1,85 @@
+"""How every command finds a study: its YAML file, or (once submitted) its name.
+
+The ledger path comes from the spec (default inside the output root) and ``--ledger`` overrides it. Submitted
+studies are listed in a small index (``$PISWEEP_HOME/studies.json``, default ``~/.local/share/pisweep``) so that a
+name is enough afterwards; the spec itself is read back from the ledger, where it was stored at submit time.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .atomic import atomic_write_json
+from .errors import StudyNotFound
+from .ledger.lock import file_lock
+from .plan import default_ledger
+from .spec import Study
+from .spec_load import load_study, study_from_json
+
+
+def home() -> Path:
+    return Path(os.environ.get("PISWEEP_HOME") or Path.home() / ".local" / "share" / "pisweep")
+
+
+def index_path() -> Path:
+    return home() / "studies.json"
+
+
+def read_index() -> dict[str, dict[str, str]]:
+    try:
+        return json.loads(index_path().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def remember(name: str, ledger: Path, spec_path: str | None) -> None:
+    with file_lock(home() / "studies.lock", "updating the study index"):
+        index = read_index()
+        index[name] = {"ledger": str(Path(ledger).resolve()), "spec": spec_path or ""}
+        atomic_write_json(index_path(), index)
+
+
+@dataclass
+class StudyRef:
+    study: Study
+    study_json: dict[str, Any]
+    ledger_path: Path
+    spec_path: str | None
+    from_file: bool
+
+
+def looks_like_file(arg: str) -> bool:
+    return arg.endswith((".yaml", ".yml")) or os.sep in arg or Path(arg).is_file()
+
+
+def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] | None = None) -> StudyRef:
+    """A study from a YAML path or a submitted study's name."""
+    if looks_like_file(arg):
+        study = load_study(arg)
+        path = Path(ledger) if ledger else default_ledger(study)
+        return StudyRef(study, study.model_dump(mode="json"), path, str(Path(arg).resolve()), True)
+    if ledger:
+        path = Path(ledger)
+    else:
+        entry = read_index().get(arg)
+        if entry is None:
+            known = ", ".join(sorted(read_index())) or "none yet"
+            raise StudyNotFound(f"no study named {arg!r} (known studies: {known}); give the study's YAML file, "
+                                f"or --ledger PATH")
+        path = Path(entry["ledger"])
+    if not path.exists():
+        raise StudyNotFound(f"study {arg!r}: its ledger {path} does not exist")
+    from .ledger.db import Ledger
+    from .ledger.queries import study_names, study_spec
+
+    led = Ledger(path, on_wait=on_wait)
+    try:
+        spec = study_spec(led, arg)
+        if spec is None:
+            raise StudyNotFound(f"ledger {path} has no study {arg!r} (it has: {', '.join(study_names(led)) or 'none'})")
+    finally:
+        led.close()
+    return StudyRef(study_from_json(spec), spec, path, None, False)

@@ -1,0 +1,63 @@
+"""AdamW with the paper's parameter groups, and the cosine schedule with linear warmup (§1.4, §1.5).
+
+The schedule is a pure function of the step, so a resume state needs only the step number, and the learning
+rate is set on the optimizer before every step (no scheduler object whose state could drift).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from ..spec import OptimSpec
+
+# Parameters excluded from weight decay besides every 1-D tensor (biases, norm scales, class embedding, logit
+# scale): the learnable positional embeddings, which are 2-D (§1.4: "no wd on 1-D/bias/norm/logit_scale/pos-emb").
+_NO_DECAY_NAMES = ("positional_embedding", "class_embedding", "logit_scale", "logit_bias")
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Whether weight decay applies to this parameter."""
+    if param.ndim < 2 or name.endswith(".bias") or name == "bias":
+        return False
+    leaf = name.rsplit(".", 1)[-1]
+    return not any(leaf == n or name.endswith(n) for n in _NO_DECAY_NAMES)
+
+
+def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed weights, and the rest with weight_decay 0. Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for name, p in named:
+        if p.requires_grad:
+            (decay if decays(name, p) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_adamw(named: Iterable[tuple[str, torch.nn.Parameter]], optim: OptimSpec,
+                fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW with lr/betas/eps from the spec; ``fused`` on CUDA parameters unless told otherwise."""
+    groups = param_groups(named, optim.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
+
+
+def cosine_lr(step: int, total_steps: int, optim: OptimSpec) -> float:
+    """Learning rate of (0-based) ``step``: linear warmup to lr over warmup_steps, then cosine to min_lr.
+
+    Same shape as open_clip_train's cosine schedule: (step+1)/warmup during warmup, then
+    min_lr + 0.5 (1 + cos(pi e / es)) (lr - min_lr) with e = step - warmup, es = total - warmup.
+    """
+    warmup = optim.warmup_steps
+    if step < warmup:
+        return optim.lr * (step + 1) / warmup
+    span = max(total_steps - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return optim.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (optim.lr - optim.min_lr)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

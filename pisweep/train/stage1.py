@@ -1,0 +1,242 @@
+"""Stage 1 (§1.4): perceptual initialization of the whole vision tower on NIGHTS triplets.
+
+Distance d(a, b) = 1 - cos of the L2-normalized projected image embeddings (``encode_image``); with
+d0 = d(ref, left), d1 = d(ref, right) and target t (1: right is closer), the loss is the authors' hinge
+mean(relu(margin - (2t - 1)(d0 - d1))). AdamW + cosine/warmup per step, no augmentation. After every epoch:
+val loss and DreamSim's 2AFC score on val and the two test subsets; the epoch with the lowest val loss (the
+authors' checkpoint monitor) is kept as ``init.pt``.
+
+The "shuffled" method is the control: the same training with the train votes permuted by a seed derived
+from the job's seed. Its val votes are permuted too, so that choosing the epoch does not use human
+judgments either; the reported 2AFC scores always use the real votes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import TrainingError
+from ..jobctx import JobContext, Preempted
+from ..models import create_model
+from ..spec import Study
+from .augment import model_image_size, model_mean_std, nights_transform
+from .checkpoint import load_resume, save_resume, save_weights
+from .determinism import (STREAM_NIGHTS_ORDER, STREAM_VOTE_SHUFFLE, capture_rng_state, derive_seed,
+                          restore_rng_state, rng, seed_everything)
+from .loader import make_loader
+from .optim import build_adamw, cosine_lr, set_lr
+from .runtime import autocast, setup_device
+
+METHODS = ("perceptual", "shuffled")
+EVAL_SETS = ("val", "test_imagenet", "test_no_imagenet")
+
+
+def hinge_loss(d0: torch.Tensor, d1: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
+    """The authors' TripletContrastiveLoss: mean(relu(margin - (2t - 1)(d0 - d1)))."""
+    return torch.relu(margin - (2 * target - 1) * (d0 - d1)).mean()
+
+
+def triplet_distances(model: torch.nn.Module, ref: torch.Tensor, left: torch.Tensor,
+                      right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d(ref, left), d(ref, right)) with d = 1 - cos, from one forward pass of the three images."""
+    f = model.encode_image(torch.cat([ref, left, right]), normalize=True).float()
+    f_ref, f_left, f_right = f.chunk(3)
+    return 1 - (f_ref * f_left).sum(-1), 1 - (f_ref * f_right).sum(-1)
+
+
+def vote_shuffle_seed(seed: int, split: str) -> int:
+    """The fixed permutation seed of the shuffled-votes control for one split."""
+    return derive_seed(seed, STREAM_VOTE_SHUFFLE, {"train": 0, "val": 1}[split])
+
+
+class _Batches:
+    """A batch sampler whose batches are set from outside (lets persistent workers survive epochs)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """Train batches of one epoch: a permutation that is a pure function of (seed, epoch); last one partial."""
+    order = rng(seed, epoch, STREAM_NIGHTS_ORDER).permutation(n).tolist()
+    return [order[i:i + batch] for i in range(0, n, batch)]
+
+
+def run_stage1(ctx: JobContext, study: Study, method: str, seed: int, nights_root: Path,
+               device: str = "cpu") -> Path:
+    """Train one perceptual (or shuffled-vote) init; return the path of ``<ctx.folder>/init.pt``."""
+    if method not in METHODS:
+        raise TrainingError(f"unknown stage-1 method {method!r}; expected one of {METHODS}")
+    return _Stage1(ctx, study, method, seed, Path(nights_root), device).run()
+
+
+class _Stage1:
+    def __init__(self, ctx: JobContext, study: Study, method: str, seed: int, root: Path, device: str):
+        from ..data import nights  # written beside this module; imported late so this module imports alone
+
+        self.ctx, self.s1, self.method = ctx, study.stage1, method
+        self.seed = seed + self.s1.seed_offset
+        self.dev = setup_device(device)
+        self.folder = Path(ctx.folder)
+        self.init_path = self.folder / "init.pt"
+        self.resume_path = self.folder / "resume" / "state.pt"
+        train = nights.read_triplets(root, "train", self.s1.min_votes)
+        evals = nights.subsets(root, self.s1.min_votes)
+        seed_everything(self.seed)
+        model, _, _, _ = create_model(study.model.name, study.model.config, device="cpu")
+        self.model = model.to(self.dev)
+        transform = nights_transform(model_image_size(model), *model_mean_std(model))
+        shuffled = method == "shuffled"
+        self.train_ds = nights.TripletDataset(
+            train, transform, shuffle_votes_seed=vote_shuffle_seed(self.seed, "train") if shuffled else None)
+        self.eval_ds = {k: nights.TripletDataset(evals[k], transform) for k in EVAL_SETS}
+        # targets of the val loss that selects the epoch: permuted for the control (see module docstring)
+        self.val_select_targets = (nights.TripletDataset(evals["val"], transform,
+                                                         vote_shuffle_seed(self.seed, "val")).targets
+                                   if shuffled else self.eval_ds["val"].targets)
+        self.score_2afc = nights.score_2afc
+        self.batch = min(self.s1.global_batch_size, len(self.train_ds))
+        self.per_epoch = math.ceil(len(self.train_ds) / self.batch)
+        self.total_steps = self.per_epoch * self.s1.epochs
+        visual = [(f"visual.{n}", p) for n, p in self.model.visual.named_parameters()]
+        self.optimizer = build_adamw(visual, self.s1.optim)
+        self.fingerprint = {"model": study.model.name, "config": study.model.config, "method": method,
+                            "seed": self.seed, "epochs": self.s1.epochs, "batch": self.batch,
+                            "train_triplets": len(self.train_ds), "min_votes": self.s1.min_votes}
+        self.epoch, self.batch_in_epoch, self.step = 1, 0, 0
+        self.loss_sum, self.loss_n = 0.0, 0
+        self.best: dict[str, Any] | None = None
+        self.finished = False
+        state = load_resume(self.resume_path, self.fingerprint)
+        if state is not None:
+            self._restore(state)
+        pin = self.dev.type == "cuda"
+        self.sampler = _Batches()
+        self.loader = make_loader(self.train_ds, self.sampler, self.s1.workers, pin, seed=self.seed)
+        self.eval_sampler = _Batches()
+        self.eval_all = torch.utils.data.ConcatDataset([self.eval_ds[k] for k in EVAL_SETS])
+        n_eval = len(self.eval_all)
+        self.eval_sampler.batches = [list(range(i, min(i + self.batch, n_eval))) for i in range(0, n_eval, self.batch)]
+        self.eval_loader = make_loader(self.eval_all, self.eval_sampler, self.s1.workers, pin, seed=self.seed)
+
+    # ---- state ------------------------------------------------------------------------------------------
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.batch_in_epoch = state["pos"]["epoch"], state["pos"]["batch"]
+        self.step, self.loss_sum, self.loss_n = state["step"], state["loss_sum"], state["loss_n"]
+        self.best, self.finished = state["best"], state["finished"]
+        restore_rng_state(state["rng"])
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch - 1
+
+    def _save_resume(self) -> None:
+        if self.ctx.rank != 0:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "pos": {"epoch": self.epoch, "batch": self.batch_in_epoch}, "loss_sum": self.loss_sum,
+                 "loss_n": self.loss_n, "best": self.best, "finished": self.finished,
+                 "rng": capture_rng_state(), "fingerprint": self.fingerprint}
+        sha, nbytes = save_resume(self.resume_path, state)
+        self.ctx.emit("checkpoint", epoch=self.epoch - 1, kind="resume", path=str(self.resume_path),
+                      sha256=sha, bytes=nbytes, step=self.step)
+
+    # ---- loop -------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        while not self.finished and self.epoch <= self.s1.epochs:
+            self._train_epoch()
+            self._end_epoch()
+        if not self.finished:
+            self.finished = True
+            self._save_resume()
+        if self.best is None or not self.init_path.exists():
+            raise TrainingError(f"stage 1 in {self.folder} finished without an init checkpoint")
+        self.ctx.emit("init_selected", epoch=self.best["epoch"], path=str(self.init_path),
+                      val_loss=self.best["val_loss"], kind="init", sha256=self.best["sha256"],
+                      bytes=self.best["bytes"])
+        return self.init_path
+
+    def _train_epoch(self) -> None:
+        self.sampler.batches = epoch_batches(len(self.train_ds), self.batch, self.seed,
+                                             self.epoch)[self.batch_in_epoch:]
+        self.model.train()
+        if self.ctx.should_stop():
+            self._preempt()
+        for ref, left, right, target in self.loader:
+            ref, left, right, target = (x.to(self.dev, non_blocking=True) for x in (ref, left, right, target))
+            lr = cosine_lr(self.step, self.total_steps, self.s1.optim)
+            set_lr(self.optimizer, lr)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.dev, "auto"):
+                d0, d1 = triplet_distances(self.model, ref, left, right)
+            loss = hinge_loss(d0, d1, target, self.s1.margin)
+            loss.backward()
+            self.optimizer.step()
+            value = float(loss.detach())  # one sync per step: stage 1 is small, and a bad step is named exactly
+            self.step += 1
+            self.batch_in_epoch += 1
+            self.ctx.step = self.step
+            if not math.isfinite(value):
+                raise TrainingError(f"non-finite loss at step {self.step} (stage 1, epoch {self.epoch}); "
+                                    "the last good checkpoint is kept")
+            self.loss_sum += value * len(target)
+            self.loss_n += len(target)
+            if self.batch_in_epoch < self.per_epoch and self.ctx.should_stop():
+                self._preempt()
+
+    def _preempt(self) -> None:
+        self._save_resume()
+        raise Preempted(self.ctx.stop_signal or "stop request", self.step)
+
+    @torch.no_grad()
+    def _distances(self) -> tuple[np.ndarray, np.ndarray]:
+        self.model.eval()
+        d0s, d1s = [], []
+        for ref, left, right, _ in self.eval_loader:
+            with autocast(self.dev, "auto"):
+                d0, d1 = triplet_distances(self.model, *(x.to(self.dev, non_blocking=True)
+                                                         for x in (ref, left, right)))
+            d0s.append(d0.float().cpu())
+            d1s.append(d1.float().cpu())
+        self.model.train()
+        return torch.cat(d0s).numpy(), torch.cat(d1s).numpy()
+
+    def evaluate(self) -> dict[str, float]:
+        """Val loss (selection targets) and the 2AFC score of each eval subset (real votes)."""
+        d0, d1 = self._distances()
+        metrics: dict[str, float] = {}
+        lo = 0
+        for name in EVAL_SETS:
+            ds = self.eval_ds[name]
+            a, b = d0[lo:lo + len(ds)], d1[lo:lo + len(ds)]
+            lo += len(ds)
+            if name == "val":
+                t = torch.from_numpy(np.asarray(self.val_select_targets, dtype=np.float32))
+                metrics["val_loss"] = float(hinge_loss(torch.from_numpy(a), torch.from_numpy(b), t,
+                                                       self.s1.margin))
+            if len(ds):
+                metrics[f"nights_{name}_2afc"] = self.score_2afc(a, b, ds.targets)
+        return metrics
+
+    def _end_epoch(self) -> None:
+        e = self.epoch
+        metrics = {"train_loss": self.loss_sum / max(self.loss_n, 1), **self.evaluate()}
+        val_loss = metrics.get("val_loss", float("nan"))
+        if math.isfinite(val_loss) and (self.best is None or val_loss < self.best["val_loss"]):
+            sha, nbytes = save_weights(self.init_path, e, self.model) if self.ctx.rank == 0 else ("", 0)
+            self.best = {"epoch": e, "val_loss": val_loss, "sha256": sha, "bytes": nbytes}
+        self.ctx.emit("epoch_done", epoch=e, step=self.step, metrics=metrics)
+        self.epoch, self.batch_in_epoch, self.loss_sum, self.loss_n = e + 1, 0, 0.0, 0
+        self.ctx.epoch = e
+        self.finished = self.epoch > self.s1.epochs
+        self._save_resume()
+

@@ -1,0 +1,257 @@
+"""Stage 2 (§1.5): CLIP contrastive pretraining of one arm (random / perceptual / shuffled init) on shards.
+
+Arms differ only in the vision tower: every arm builds the model under torch.manual_seed(seed) the same way,
+so text tower and logit scale are identical, then perceptual/shuffled arms load the ``visual.*`` weights of
+their stage-1 init. Everything the training sees is a pure function of (seed, epoch, step) (see loader.py), and
+the resume state holds the rest (model, optimizer, step, RNG), so a preempted run resumes bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TrainingError
+from ..jobctx import JobContext, Preempted
+from ..models import create_model, unwrap, write_model_config
+from ..spec import Study
+from .augment import declip_train_transform, model_image_size, model_mean_std
+from .checkpoint import load_resume, save_resume, save_weights
+from .determinism import capture_rng_state, restore_rng_state, seed_everything
+from .loader import EpochBatchSampler, ShardDataset, make_loader
+from .optim import build_adamw, cosine_lr, set_lr
+from .runtime import any_rank, autocast, distributed, setup_device
+from .shards import build_table, plan_manifest
+from .tracking import Tracker
+
+RESUME_EVERY_S = 600.0  # when stage2.checkpoint_every_steps is None: a resume state about every 10 minutes
+MAX_LOGIT_SCALE = math.log(100)  # open_clip_train clamps the learnable temperature at 100 after each step
+VISION_INITS = ("perceptual", "shuffled")
+
+
+def build_model(study: Study, init: str, init_weights: Path | None, seed: int):
+    """The stage-2 model on the CPU: seeded open_clip init, then the init's vision tower for PI arms."""
+    seed_everything(seed)
+    model, _, preprocess_val, tokenizer = create_model(study.model.name, study.model.config, device="cpu")
+    if init in VISION_INITS:
+        if init_weights is None:
+            raise TrainingError(f"init {init!r} needs init_weights (the stage-1 init.pt)")
+        load_visual(model, Path(init_weights))
+    elif init != "random":
+        raise TrainingError(f"unknown init {init!r}; expected random, perceptual or shuffled")
+    return model, preprocess_val, tokenizer
+
+
+def load_visual(model: torch.nn.Module, path: Path) -> None:
+    """Copy only the ``visual.*`` weights of a ``{"state_dict"}`` file into ``model.visual`` (strict)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise TrainingError(f"init weights {path} are unreadable: {exc}") from exc
+    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else {}
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    visual = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    if not visual:
+        raise TrainingError(f"init weights {path} hold no visual.* tensors")
+    try:
+        model.visual.load_state_dict(visual, strict=True)
+    except RuntimeError as exc:
+        raise TrainingError(f"init weights {path} do not fit model's vision tower: {exc}") from exc
+
+
+def run_stage2(ctx: JobContext, study: Study, *, init: str, init_weights: Path | None, shards: str,
+               samples: int, epochs: int, seed: int, device: str = "cpu") -> None:
+    """Train one stage-2 run in ``ctx.folder``, resuming from ``resume/state.pt`` when present."""
+    _Stage2(ctx, study, init, init_weights, shards, samples, epochs, seed, device).run()
+
+
+class _Stage2:
+    def __init__(self, ctx: JobContext, study: Study, init: str, init_weights: Path | None, shards: str,
+                 samples: int, epochs: int, seed: int, device: str):
+        self.ctx, self.study, self.s2 = ctx, study, study.stage2
+        self.init, self.seed, self.epochs = init, seed, epochs
+        self.dev = setup_device(device)
+        self.folder = Path(ctx.folder)
+        self.resume_path = self.folder / "resume" / "state.pt"
+        self.manifest = plan_manifest(shards, samples)
+        if ctx.rank == 0:
+            self.manifest.write(self.folder / "data" / "manifest.json")
+        self.global_batch = min(self.s2.global_batch_size, samples)
+        self.fingerprint = {"model": study.model.name, "config": study.model.config, "init": init,
+                            "seed": seed, "epochs": epochs, "global_batch": self.global_batch,
+                            "sample_order": self.s2.sample_order, "manifest": self.manifest.digest,
+                            "augment": self.s2.augment}
+        model, preprocess_val, tokenizer = build_model(study, init, init_weights, seed)
+        if ctx.rank == 0:
+            write_model_config(self.folder / "checkpoints", study.model.name, study.model.config)
+        self.model = model.to(self.dev)
+        self.optimizer = build_adamw(self.model.named_parameters(), self.s2.optim)
+        self.epoch, self.batch, self.step = 1, 0, 0  # position: next batch to train
+        self.loss_sum, self.loss_n = 0.0, 0  # running mean of this epoch's train loss
+        state = load_resume(self.resume_path, self.fingerprint)
+        if state is not None:
+            self._restore(state)
+        size = model_image_size(model)
+        mean, std = model_mean_std(model)
+        transform = declip_train_transform(size, mean, std) if self.s2.augment else preprocess_val
+        table = build_table(self.manifest)
+        self.sampler = EpochBatchSampler(table.shard_counts, seed, self.global_batch, ctx.rank, ctx.world_size)
+        dataset = ShardDataset(table, transform, tokenizer, seed)
+        self.loader = make_loader(dataset, self.sampler, self.s2.workers, pin_memory=self.dev.type == "cuda",
+                                  seed=seed)
+        self.per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = self.per_epoch * epochs
+        self.net = self.model
+        if distributed():
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
+        from open_clip.loss import ClipLoss
+        multi = ctx.world_size > 1
+        self.loss_fn = ClipLoss(local_loss=multi, gather_with_grad=multi, cache_labels=True,
+                                rank=ctx.rank, world_size=ctx.world_size)
+        self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
+        self.last_save = time.monotonic()
+
+    # ---- state ------------------------------------------------------------------------------------------
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.batch, self.step = state["pos"]["epoch"], state["pos"]["batch"], state["step"]
+        self.loss_sum, self.loss_n = state["loss_sum"], state["loss_n"]
+        restore_rng_state(state["rng"])
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch - 1
+
+    def _check_weights(self) -> None:
+        """Refuse to write non-finite weights (one sync; only when a file is about to be written)."""
+        flags = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
+        if not bool(flags.all()):
+            raise TrainingError(f"non-finite weights at step {self.step} (epoch {self.epoch}); "
+                                "the last good checkpoint is kept")
+
+    def _save_resume(self) -> None:
+        if self.ctx.rank != 0:
+            return
+        self._check_weights()
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "step": self.step, "pos": {"epoch": self.epoch, "batch": self.batch,
+                                            "samples": self.batch * self.global_batch},
+                 "loss_sum": self.loss_sum, "loss_n": self.loss_n, "rng": capture_rng_state(),
+                 "fingerprint": self.fingerprint}
+        sha, nbytes = save_resume(self.resume_path, state)
+        self.last_save = time.monotonic()
+        self.ctx.emit("checkpoint", epoch=self.epoch - 1, kind="resume", path=str(self.resume_path),
+                      sha256=sha, bytes=nbytes, step=self.step)
+
+    def _resume_due(self) -> bool:
+        every = self.s2.checkpoint_every_steps
+        if every is not None:
+            return self.step % every == 0
+        if self.step % self.s2.log_every_steps:
+            return False
+        return any_rank(time.monotonic() - self.last_save >= RESUME_EVERY_S, self.dev)
+
+    def _stop_due(self) -> bool:
+        if not distributed():
+            return self.ctx.should_stop()
+        return self.step % self.s2.log_every_steps == 0 and any_rank(self.ctx.should_stop(), self.dev)
+
+    # ---- logging ----------------------------------------------------------------------------------------
+    def _flush(self, rate: float) -> None:
+        """Bring the pending per-step values to the host (one sync), check them, log them."""
+        if not self.pending:
+            return
+        values = torch.stack([torch.stack([l.float(), s.float()]) for _, _, l, s in self.pending]).tolist()
+        for (step, lr, _, _), (loss, scale) in zip(self.pending, values):
+            if not math.isfinite(loss):
+                raise TrainingError(f"non-finite loss at step {step} (epoch {self.epoch}); "
+                                    f"the last good checkpoint is kept")
+            self.loss_sum += loss
+            self.loss_n += 1
+            self.tracker.log({"train/loss": loss, "train/lr": lr, "train/logit_scale": scale,
+                              "train/samples_per_s": rate}, step=step)
+        self.last_scale = values[-1][1]
+        self.pending.clear()
+
+    # ---- loop -------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        config = {"init": self.init, "seed": self.seed, "epochs": self.epochs, "samples": self.manifest.samples,
+                  "model": self.study.model.name, "stage2": self.study.stage2.model_dump(mode="json")}
+        self.tracker = Tracker.start(self.study.wandb.mode, self.study.wandb.project, self.ctx.uid,
+                                     self.folder, config, self.ctx.rank)
+        self.last_scale = float(unwrap(self.model).logit_scale.detach().exp())
+        try:
+            while self.epoch <= self.epochs:
+                self._train_epoch()
+            self.tracker.finish(0)
+        except BaseException:
+            self.tracker.finish(1)
+            raise
+
+    def _train_epoch(self) -> None:
+        self.sampler.set_epoch(self.epoch, self.batch)
+        self.net.train()
+        window_t, window_n, epoch_t, epoch_n = time.perf_counter(), 0, time.perf_counter(), 0
+        if self._stop_due():
+            self._preempt()
+        for images, texts in self.loader:
+            self._train_step(images, texts)
+            window_n += self.global_batch
+            epoch_n += self.global_batch
+            last_of_epoch = self.batch == self.per_epoch
+            if self.step % self.s2.log_every_steps == 0 or last_of_epoch:
+                now = time.perf_counter()
+                self._flush(window_n / max(now - window_t, 1e-9))
+                window_t, window_n = now, 0
+            if last_of_epoch:
+                break
+            if self._resume_due():
+                self._flush(0.0)
+                self._save_resume()
+            if self._stop_due():
+                self._preempt()
+        self._end_epoch(epoch_n / max(time.perf_counter() - epoch_t, 1e-9))
+
+    def _train_step(self, images: torch.Tensor, texts: torch.Tensor) -> None:
+        images = images.to(self.dev, non_blocking=True)
+        texts = texts.to(self.dev, non_blocking=True)
+        lr = cosine_lr(self.step, self.total_steps, self.s2.optim)
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.dev, self.s2.precision):
+            image_f, text_f, scale = self.net(images, texts)
+            loss = self.loss_fn(image_f, text_f, scale)
+        loss.backward()
+        if self.s2.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s2.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            unwrap(self.model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        self.step += 1
+        self.batch += 1
+        self.ctx.step = self.step
+        self.pending.append((self.step, lr, loss.detach(), scale.detach()))
+
+    def _preempt(self) -> None:
+        self._flush(0.0)
+        self._save_resume()
+        raise Preempted(self.ctx.stop_signal or "stop request", self.step)
+
+    def _end_epoch(self, rate: float) -> None:
+        self._flush(rate)
+        e = self.epoch
+        metrics = {"train_loss": self.loss_sum / max(self.loss_n, 1),
+                   "lr": cosine_lr(max(self.step - 1, 0), self.total_steps, self.s2.optim),
+                   "logit_scale": self.last_scale, "samples_per_s": rate}
+        if self.ctx.rank == 0:
+            self._check_weights()
+            path = self.folder / "checkpoints" / f"epoch_{e}.pt"
+            sha, nbytes = save_weights(path, e, self.model)
+            self.ctx.emit("checkpoint", epoch=e, kind="weights", path=str(path), sha256=sha, bytes=nbytes,
+                          step=self.step)
+        self.ctx.emit("epoch_done", epoch=e, step=self.step, metrics=metrics)
+        self.epoch, self.batch, self.loss_sum, self.loss_n = e + 1, 0, 0.0, 0
+        self.ctx.epoch = e
+        self._save_resume()

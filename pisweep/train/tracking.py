@@ -1,0 +1,41 @@
+"""Optional wandb logging of a training job: offline by default, one run per job uid, resumable.
+
+Mode "disabled" never imports wandb. Only the spec's hyper-parameters are logged as config (never the
+environment, where secrets live), and console capture / git / code saving are off.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """A thin wrapper so the training loop calls ``log`` unconditionally."""
+
+    def __init__(self, run: Any = None):
+        self._run = run
+
+    @classmethod
+    def start(cls, mode: str, project: str, uid: str, folder: Path, config: dict[str, Any],
+              rank: int = 0) -> "Tracker":
+        if mode == "disabled" or rank != 0:
+            return cls(None)
+        import wandb  # optional, costs ~0.35 s: only when asked for
+
+        run = wandb.init(project=project, id=uid, name=uid, resume="allow", dir=str(folder), mode=mode,
+                         config=config, save_code=False, reinit="create_new",
+                         settings=wandb.Settings(console="off", disable_git=True, disable_code=True))
+        return cls(run)
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    def log(self, data: dict[str, float], step: int) -> None:
+        if self._run is not None:
+            self._run.log(data, step=step)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)
+            self._run = None

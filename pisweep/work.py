@@ -1,0 +1,101 @@
+"""What to run next, given the plan and the ledger's snapshot. Pure: the executors act on its answer.
+
+A stage-1 init runs when it is not completed; a stage-2 run when its init is completed (or it needs none); an
+init that failed past the retry budget blocks its runs, with the reason. An eval is due for every evaluated epoch
+whose weights file exists and whose task has no result yet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .datapaths import DataPaths
+from .jobs import JobFile
+from .ledger.queries import Snapshot
+from .plan import InitJob, Layout, Plan, RunJob
+
+DONE_EVAL_STATES = {"done", "missing_data"}
+TERMINAL_OK = "completed"
+
+
+@dataclass
+class Work:
+    inits: list[InitJob] = field(default_factory=list)
+    runs: list[RunJob] = field(default_factory=list)  # ready now
+    waiting: list[RunJob] = field(default_factory=list)  # their init is not completed yet
+    blocked: dict[str, str] = field(default_factory=dict)  # run uid -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # job uid -> reason (retry budget spent)
+    evals: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # run uid -> [(epoch, task)]
+
+    def empty(self) -> bool:
+        return not (self.inits or self.runs or self.waiting or self.evals)
+
+
+def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals: bool = False) -> Work:
+    work = Work()
+    init_state: dict[str, str] = {}
+    for init in plan.inits:
+        row = snap.jobs.get(init.uid)
+        state = row.state if row else "planned"
+        if state == TERMINAL_OK:
+            init_state[init.uid] = "ok"
+        elif row is not None and state == "failed" and row.failures > max_failures:
+            init_state[init.uid] = "failed"
+            work.failed[init.uid] = row.reason or "failed"
+        else:
+            init_state[init.uid] = "todo"
+            work.inits.append(init)
+    for run in plan.runs:
+        row = snap.jobs.get(run.uid)
+        state = row.state if row else "planned"
+        if state != TERMINAL_OK:
+            if row is not None and state == "failed" and row.failures > max_failures:
+                work.failed[run.uid] = row.reason or "failed"
+            elif run.init_uid is None or init_state.get(run.init_uid) == "ok":
+                work.runs.append(run)
+            elif init_state.get(run.init_uid) == "failed":
+                init_row = snap.jobs.get(run.init_uid)
+                work.blocked[run.uid] = (f"init {init_row.label if init_row else run.init_uid} failed: "
+                                         f"{work.failed.get(run.init_uid, 'failed')}")
+            else:
+                work.waiting.append(run)
+        have = snap.weights.get(run.uid, set())
+        due = []
+        for epoch in run.eval_epochs:
+            if epoch not in have:
+                continue
+            for task in plan.tasks:
+                state = snap.evals.get((run.uid, epoch, task))
+                if state in DONE_EVAL_STATES or (state == "failed" and not retry_failed_evals):
+                    continue
+                due.append((epoch, task))
+        if due:
+            work.evals[run.uid] = due
+    return work
+
+
+def init_job_file(init: InitJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
+    return JobFile("init", init.uid, str(layout.init_dir(init.uid)), study_json,
+                   {"method": init.method, "seed": init.seed, "nights": paths.nights})
+
+
+def train_job_file(run: RunJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
+    shards, samples = paths.train[run.scale]
+    init_weights = str(layout.init_dir(run.init_uid) / "init.pt") if run.init_uid else None
+    return JobFile("train", run.uid, str(layout.run_dir(run.uid)), study_json,
+                   {"init": run.init, "init_weights": init_weights, "shards": shards, "samples": samples,
+                    "epochs": run.epochs, "seed": run.seed})
+
+
+def eval_job_file(run_uid: str, items: list[tuple[int, str]], study_json: dict[str, Any], paths: DataPaths,
+                  layout: Layout, cache_dir: str | None) -> JobFile:
+    epochs = sorted({e for e, _ in items})
+    tasks = sorted({t for _, t in items})
+    return JobFile("eval", run_uid, str(layout.run_dir(run_uid)), study_json,
+                   {"epochs": epochs, "tasks": tasks, "eval_root": paths.eval_root, "nights": paths.nights,
+                    "cache_dir": cache_dir or str(layout.eval_cache)})
+
+
+def job_file_path(folder: str | Path, kind: str, attempt_tag: str) -> Path:
+    return Path(folder) / "jobs" / f"{kind}-{attempt_tag}.json"

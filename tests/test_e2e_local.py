@@ -1,0 +1,126 @@
+"""End to end on the local executor: a tiny study with real open_clip, real shards, a real SQLite ledger."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from pisweep.cli import main
+from pisweep.ledger import schema as t
+from pisweep.ledger.db import Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory):
+    """experiments/ci.yaml with its outputs moved into a temp folder; shared by the tests of this module."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    spec = yaml.safe_load((ROOT / "experiments/ci.yaml").read_text())
+    spec["output_root"] = str(tmp / "out")
+    spec["data"]["synthetic"]["root"] = str(tmp / "data")
+    path = tmp / "ci.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def submitted(study_file, home):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PISWEEP_HOME", str(home))
+    code = main(["submit", str(study_file)])
+    mp.undo()
+    return code
+
+
+@pytest.fixture(autouse=True)
+def _home(home, monkeypatch):
+    monkeypatch.setenv("PISWEEP_HOME", str(home))
+
+
+def cli_json(*args: str, capsys) -> dict:
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
+    assert submitted == 0
+    status = cli_json("status", "ci", capsys=capsys)
+    assert status["coverage"]["present"] == 6 and status["coverage"]["total"] == 31
+    states = {c["label"]: c["state"] for c in status["cells"]}
+    assert set(states.values()) == {"completed"}, states
+    assert {c["kind"] for c in status["cells"]} == {"init", "train"}
+    for cell in status["cells"]:
+        if cell["kind"] == "train":
+            assert cell["epoch"] == cell["epochs"] == 2 and cell["attempts"] == 1
+            assert cell["main_metric"]["task"] == "imagenet1k" and cell["main_metric"]["epoch"] == 2
+            assert cell["evals"].get("done") == 2 * 6 and cell["evals"].get("missing_data") == 2 * 25
+
+
+def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):
+    out = Path(yaml.safe_load(study_file.read_text())["output_root"])
+    led = Ledger(out / "ledger.sqlite")
+    with led.engine.connect() as conn:
+        runs = conn.execute(select(t.jobs.c.uid).where(t.jobs.c.kind == "train")).scalars().all()
+        assert len(runs) == 2
+        for uid in runs:
+            for epoch in (1, 2):
+                tasks = conn.execute(select(t.metrics.c.task, func.count()).where(
+                    t.metrics.c.job_uid == uid, t.metrics.c.epoch == epoch, t.metrics.c.task != "train")
+                    .group_by(t.metrics.c.task)).all()
+                counts = dict(tasks)
+                assert counts["imagenet1k"] == 3  # acc1, acc5, mean_per_class_recall
+                assert counts["retrieval/flickr_1k_test_image_text_retrieval"] == 7
+                assert len([k for k in counts if k != "nights_2afc"]) == 6
+        weights = conn.execute(select(t.checkpoints.c.path).where(t.checkpoints.c.kind == "weights")).scalars().all()
+    led.close()
+    assert len(weights) == 4
+    # A weights file loads with open_clip in a fresh process (the inline config lies next to it).
+    code = ("import sys, open_clip; from pathlib import Path; p=Path(sys.argv[1]);"
+            "open_clip.add_model_config(p.parent / 'pisweep-tiny.json');"
+            "m,_,_=open_clip.create_model_and_transforms('pisweep-tiny', pretrained=str(p)); print('ok')")
+    res = subprocess.run([sys.executable, "-c", code, weights[0]], capture_output=True, text=True)
+    assert res.stdout.strip() == "ok", res.stderr
+
+
+def test_second_submit_does_nothing(submitted, study_file, capsys):
+    out = Path(yaml.safe_load(study_file.read_text())["output_root"])
+    before = sorted(p.name for p in out.rglob("events/*.json"))
+    capsys.readouterr()
+    assert main(["submit", str(study_file)]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert sorted(p.name for p in out.rglob("events/*.json")) == before
+
+
+def test_report_has_both_arms_delta_and_plot(submitted, capsys):
+    rep = cli_json("report", "ci", capsys=capsys)
+    main_curve = next(c for c in rep["curves"] if c["task"] == "imagenet1k")
+    assert main_curve["arms"] == ["random", "perceptual"]
+    assert [r["epoch"] for r in main_curve["rows"]] == [1, 2]
+    row = main_curve["rows"][-1]
+    assert row["delta_perceptual"] == pytest.approx(row["perceptual"] - row["random"])
+    png = Path(rep["plot"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_logs_prints_a_jobs_log(submitted, capsys):
+    capsys.readouterr()
+    assert main(["logs", "ci", "perceptual-tiny-e2-s0"]) == 0
+    assert "pisweep" in capsys.readouterr().out
+
+
+def test_status_by_name_and_unknown_name(submitted, capsys):
+    assert main(["status", "no-such-study"]) == 2
+    assert "no study named 'no-such-study'" in capsys.readouterr().err

@@ -1,0 +1,168 @@
+"""The ledger: migrations, idempotent ingest, rebuild from job folders, and the lock between commands."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from pisweep.errors import LedgerError
+from pisweep.events import write_event
+from pisweep.ledger import schema as t
+from pisweep.ledger.db import Ledger
+from pisweep.ledger.ingest import ingest, record_study
+from pisweep.ledger.migrations import LATEST
+from pisweep.plan import Layout, make_plan
+from pisweep.spec_load import load_study
+
+SPEC = textwrap.dedent("""\
+    name: led
+    output_root: out
+    data: {synthetic: {root: data}}
+    model: {name: pisweep-tiny}
+    eval: {tasks: [imagenet1k, cifar10]}
+    grid: {scale: [tiny], epochs: [2], seed: [0, 1]}
+""")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    study = load_study(spec)
+    plan = make_plan(study)
+    layout = Layout(Path(study.output_root))
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    record_study(ledger, study.model_dump(mode="json"), str(spec), plan, layout)
+    return study, plan, layout, ledger
+
+
+def write_run_events(layout, run, attempt):
+    folder = layout.run_dir(run.uid)
+    write_event(folder, run.uid, "attempt_started", attempt, executor="local", host="h", pid=1, world_size=1)
+    for epoch in (1, 2):
+        write_event(folder, run.uid, "epoch_done", attempt, epoch=epoch, step=epoch * 4,
+                    metrics={"train_loss": 3.0 - epoch, "lr": 1e-3})
+        write_event(folder, run.uid, "checkpoint", attempt, epoch=epoch, kind="weights", path=f"/x/epoch_{epoch}.pt",
+                    sha256="ab", bytes=100, step=epoch * 4)
+        for task in ("imagenet1k", "cifar10"):
+            write_event(folder, run.uid, "eval_state", attempt, epoch=epoch, task=task, suite_version="1",
+                        state="running")
+            write_event(folder, run.uid, "eval_state", attempt, epoch=epoch, task=task, suite_version="1", state="done",
+                        metrics={"acc1": 0.1 * epoch, "acc5": None, "mean_per_class_recall": 0.05},
+                        main_metric="acc1")
+    write_event(folder, run.uid, "attempt_ended", attempt, outcome="completed", reason=None, step=8, epoch=2)
+
+
+def dump(ledger):
+    with ledger.engine.connect() as conn:
+        return {name: sorted(map(tuple, conn.execute(select(tab)).all()), key=repr)
+                for name, tab in (("jobs", t.jobs), ("attempts", t.attempts), ("checkpoints", t.checkpoints),
+                                  ("evals", t.evals), ("metrics", t.metrics))}
+
+
+def test_schema_version_recorded(setup):
+    *_, ledger = setup
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar() == str(LATEST)
+
+
+def test_ingest_same_events_twice_gives_same_rows(setup):
+    study, plan, layout, ledger = setup
+    for run in plan.runs:
+        write_run_events(layout, run, {"job_id": "local-1", "restart": 0})
+    n = ingest(ledger, plan.study)
+    assert n == len(plan.runs) * (1 + 2 * (1 + 1 + 4) + 1)
+    first = dump(ledger)
+    assert ingest(ledger, plan.study) == 0  # nothing new
+    # forget what was seen: every event is applied a second time, the rows stay the same
+    with ledger.engine.begin() as conn:
+        conn.execute(t.events_seen.delete())
+    assert ingest(ledger, plan.study) == n
+    assert dump(ledger) == first
+    runs = [r for r in first["jobs"] if r[2] == "train"]
+    assert all(r[list(t.jobs.c.keys()).index("state")] == "completed" for r in runs)
+    # one metric row per (run, epoch, benchmark, metric); acc5=None is kept as NULL
+    metric_rows = [r for r in first["metrics"] if r[2] != "train"]
+    assert len(metric_rows) == len(plan.runs) * 2 * 2 * 3
+
+
+def test_ledger_rebuilds_from_job_folders(setup, tmp_path):
+    study, plan, layout, ledger = setup
+    for run in plan.runs:
+        write_run_events(layout, run, {"job_id": "local-1", "restart": 0})
+    ingest(ledger, plan.study)
+    fresh = Ledger(tmp_path / "rebuilt.sqlite")
+    record_study(fresh, study.model_dump(mode="json"), None, plan, layout)
+    ingest(fresh, plan.study)
+    a, b = dump(ledger), dump(fresh)
+    assert a["metrics"] == b["metrics"] and a["evals"] == b["evals"] and a["checkpoints"] == b["checkpoints"]
+
+
+def test_attempts_keyed_by_job_id_and_restart(setup):
+    study, plan, layout, ledger = setup
+    run = plan.runs[0]
+    folder = layout.run_dir(run.uid)
+    for restart, outcome in ((0, "preempted"), (1, "timeout"), (2, "completed")):
+        att = {"job_id": "123", "restart": restart}
+        write_event(folder, run.uid, "attempt_started", att, executor="slurm", host="n1", pid=1, world_size=2)
+        write_event(folder, run.uid, "attempt_ended", att, outcome=outcome, reason=None, step=10 * (restart + 1), epoch=0)
+    ingest(ledger, plan.study)
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(t.attempts.c.restart, t.attempts.c.outcome, t.attempts.c.step)
+                            .where(t.attempts.c.job_uid == run.uid).order_by(t.attempts.c.restart)).all()
+        job = conn.execute(select(t.jobs).where(t.jobs.c.uid == run.uid)).mappings().one()
+    assert [tuple(r) for r in rows] == [(0, "preempted", 10), (1, "timeout", 20), (2, "completed", 30)]
+    assert job["state"] == "completed" and job["timeouts"] == 1 and job["step_reached"] == 30
+
+
+def test_changed_result_fields_refused_with_diff(setup, tmp_path):
+    study, plan, layout, ledger = setup
+    changed = study.model_copy(update={"stage2": study.stage2.model_copy(update={"global_batch_size": 7})})
+    with pytest.raises(LedgerError) as e:
+        record_study(ledger, changed.model_dump(mode="json"), None, make_plan(changed), layout)
+    assert "stage2.global_batch_size: 8192 -> 7" in str(e.value)
+    more_seeds = study.model_copy(update={"grid": study.grid.model_copy(update={"seed": [0, 1, 2]})})
+    record_study(ledger, more_seeds.model_dump(mode="json"), None, make_plan(more_seeds), layout)  # adding cells is fine
+
+
+def test_newer_schema_refused(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    with led.engine.begin() as conn:
+        conn.execute(text("UPDATE meta SET value='999' WHERE key='schema_version'"))
+    led.close()
+    with pytest.raises(LedgerError, match="newer than this pisweep"):
+        Ledger(tmp_path / "l.sqlite")
+
+
+def test_not_a_ledger(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(LedgerError, match="not a readable pisweep ledger"):
+        Ledger(bad)
+
+
+def test_second_command_waits_and_says_for_what(tmp_path):
+    path = tmp_path / "l.sqlite"
+    Ledger(path).close()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pisweep.ledger.db import Ledger
+        led = Ledger({str(path)!r})
+        with led.writing("a long ingest"):
+            print("held", flush=True)
+            time.sleep(1.5)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    messages = []
+    t0 = time.time()
+    led = Ledger(path, on_wait=messages.append)
+    waited = time.time() - t0
+    holder.wait()
+    assert len(messages) == 1 and f"pid {holder.pid}" in messages[0] and "a long ingest" in messages[0]
+    assert waited > 0.2  # it really waited for the holder
+    led.close()

@@ -1,0 +1,164 @@
+"""Stage-2 resume: a preempted and resumed run ends bit for bit where an uninterrupted one does; bad states
+and non-finite losses fail loudly without overwriting good files."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pisweep.atomic import sha256_file
+from pisweep.errors import TrainingError
+from pisweep.events import read_events
+from pisweep.jobctx import JobContext, Preempted
+from pisweep.models import TINY_CONFIG
+from pisweep.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
+from pisweep.train.stage2 import run_stage2
+
+NAME = "pisweep-tiny"
+
+
+@dataclass
+class StopAt(JobContext):
+    """A job context whose stop flag is raised (as by SIGUSR2) once ``stop_at`` steps are done."""
+
+    stop_at: int = 10 ** 9
+
+    def should_stop(self) -> bool:
+        if self.step >= self.stop_at and not super().should_stop():
+            self.request_stop("SIGUSR2")
+        return super().should_stop()
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_shards(folder: Path, sizes: list[int]) -> str:
+    folder.mkdir(parents=True)
+    r = np.random.default_rng(0)
+    for s, n in enumerate(sizes):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for j in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(r.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                for ext, data in (("jpg", buf.getvalue()), ("txt", f"caption {j % 5}".encode())):
+                    info = tarfile.TarInfo(f"{s:05d}{j:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (folder / "sizes.json").write_text(json.dumps({f"{s:05d}.tar": n for s, n in enumerate(sizes)}))
+    return f"{folder}/{{00000..{len(sizes) - 1:05d}}}.tar"
+
+
+def study(pattern: str, workers: int = 0, every: int | None = None, **optim) -> Study:
+    return Study(name="t", output_root="/unused",
+                 data=DataSpec(train={"s": ScaleData(shards=pattern, samples=40)}),
+                 model=ModelSpec(name=NAME, config=TINY_CONFIG),
+                 stage2=Stage2Spec(global_batch_size=8, workers=workers, log_every_steps=2,
+                                   checkpoint_every_steps=every, optim=OptimSpec(**{"warmup_steps": 2, **optim})),
+                 grid=GridSpec(scale=["s"]), wandb=WandbSpec(mode="disabled"))
+
+
+def train(ctx: JobContext, s: Study, pattern: str, epochs: int = 2, seed: int = 0) -> None:
+    run_stage2(ctx, s, init="random", init_weights=None, shards=pattern, samples=40, epochs=epochs, seed=seed)
+
+
+def events(folder: Path, kind: str) -> list[dict]:
+    return [e["data"] for _, e in read_events(folder) if e["kind"] == kind]
+
+
+def weights(folder: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "checkpoints" / f"epoch_{epoch}.pt", weights_only=True)["state_dict"]
+
+
+def test_preempted_and_resumed_run_is_bitwise_identical(tmp_path, one_thread):
+    pattern = make_shards(tmp_path / "shards", [16, 16, 16])  # 40 samples, batch 8: 5 steps per epoch
+    ref = JobContext(uid="ref", folder=tmp_path / "ref")
+    train(ref, study(pattern, every=3), pattern)
+    assert [e["step"] for e in events(ref.folder, "checkpoint") if e["kind"] == "resume"] == [3, 5, 6, 9, 10]
+
+    folder = tmp_path / "cut"
+    for stop_at in (3, 7):  # mid epoch 1, then mid epoch 2, each time in a fresh call, with a loader worker
+        ctx = StopAt(uid="cut", folder=folder, stop_at=stop_at)
+        with pytest.raises(Preempted) as info:
+            train(ctx, study(pattern, workers=1), pattern)
+        assert info.value.step == stop_at and info.value.signal_name == "SIGUSR2"
+        last = [e for e in events(folder, "checkpoint") if e["kind"] == "resume"][-1]
+        assert last["step"] == stop_at and last["sha256"] == sha256_file(folder / "resume" / "state.pt")
+    ctx = JobContext(uid="cut", folder=folder)
+    train(ctx, study(pattern), pattern)
+    assert ctx.step == 10 and ctx.epoch == 2
+
+    for epoch in (1, 2):
+        a, b = weights(ref.folder, epoch), weights(folder, epoch)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (epoch, k)
+    ref_loss = [e["metrics"]["train_loss"] for e in events(ref.folder, "epoch_done")]
+    cut_loss = [e["metrics"]["train_loss"] for e in events(folder, "epoch_done")]
+    assert ref_loss == cut_loss  # the epoch mean spans the preemptions
+
+
+def test_finished_run_does_not_train_again(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [40])
+    ctx = JobContext(uid="r", folder=tmp_path / "run")
+    train(ctx, study(pattern), pattern, epochs=1)
+    before = sha256_file(ctx.folder / "checkpoints" / "epoch_1.pt")
+    train(JobContext(uid="r", folder=ctx.folder), study(pattern), pattern, epochs=1)
+    assert len(events(ctx.folder, "epoch_done")) == 1
+    assert sha256_file(ctx.folder / "checkpoints" / "epoch_1.pt") == before
+
+
+def test_resume_state_of_another_training_or_garbage_is_refused(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [40])
+    folder = tmp_path / "run"
+    with pytest.raises(Preempted):
+        train(StopAt(uid="r", folder=folder, stop_at=2), study(pattern), pattern)
+    with pytest.raises(TrainingError, match=r"different training .*seed"):
+        train(JobContext(uid="r", folder=folder), study(pattern), pattern, seed=1)
+    (folder / "resume" / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="unreadable"):
+        train(JobContext(uid="r", folder=folder), study(pattern), pattern)
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, one_thread):
+    pattern = make_shards(tmp_path / "shards", [40])
+    folder = tmp_path / "run"
+    with pytest.raises(Preempted):  # epoch 1 completes, then the stop is seen at the start of epoch 2
+        train(StopAt(uid="r", folder=folder, stop_at=5), study(pattern), pattern)
+    good = {p: sha256_file(folder / p) for p in ("checkpoints/epoch_1.pt", "resume/state.pt")}
+
+    exploding = study(pattern, lr=1e30, warmup_steps=0)
+    with pytest.raises(TrainingError, match=r"non-finite loss at step \d+") as info:
+        train(JobContext(uid="r", folder=folder), exploding, pattern)
+    step = int(re.search(r"step (\d+)", str(info.value)).group(1))
+    assert 6 <= step <= 10
+    assert {p: sha256_file(folder / p) for p in good} == good
+    assert not (folder / "checkpoints" / "epoch_2.pt").exists()
+    assert [e["step"] for e in events(folder, "checkpoint") if e["kind"] == "resume"] == [5, 5]
+
+
+def test_state_with_non_finite_weights_is_never_written(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [40])
+    folder = tmp_path / "run"
+    with pytest.raises(Preempted):
+        train(StopAt(uid="r", folder=folder, stop_at=2), study(pattern), pattern)
+    good = sha256_file(folder / "resume" / "state.pt")
+    state = torch.load(folder / "resume" / "state.pt", weights_only=False)
+    state["model"]["visual.proj"][0, 0] = float("nan")  # e.g. an overflow that the loss did not show yet
+    torch.save(state, folder / "resume" / "state.pt")
+    poisoned = sha256_file(folder / "resume" / "state.pt")
+    with pytest.raises(TrainingError, match="non-finite"):
+        train(StopAt(uid="r", folder=folder, stop_at=3), study(pattern), pattern)
+    assert sha256_file(folder / "resume" / "state.pt") == poisoned != good

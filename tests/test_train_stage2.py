@@ -1,0 +1,294 @@
+"""Stage 2 (contrastive pretraining): data manifest and order, arms, weights files, optimizer and schedule."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pisweep.atomic import sha256_file
+from pisweep.errors import TrainingError
+from pisweep.events import read_events
+from pisweep.jobctx import JobContext
+from pisweep.models import TINY_CONFIG, create_model
+from pisweep.spec import (DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec)
+from pisweep.train.augment import declip_train_transform
+from pisweep.train.loader import EpochBatchSampler, ShardDataset, epoch_order, make_loader
+from pisweep.train.optim import cosine_lr, decays, param_groups
+from pisweep.train.shards import build_table, plan_manifest
+from pisweep.train.stage2 import build_model, run_stage2
+
+NAME = "pisweep-tiny"
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+
+
+def make_shards(folder: Path, sizes: list[int], seed: int = 0, sizes_file: str = "sizes.json") -> str:
+    """Webdataset shards of noisy single-colour 64 px jpgs with captions; returns the brace pattern."""
+    folder.mkdir(parents=True, exist_ok=True)
+    r = np.random.default_rng(seed)
+    names = list(COLOURS)
+    declared = {}
+    for s, n in enumerate(sizes):
+        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
+            for j in range(n):
+                colour = names[r.integers(len(names))]
+                pixels = np.clip(np.array(COLOURS[colour]) * 0.7 + r.integers(0, 80, (64, 64, 3)), 0, 255)
+                buf = io.BytesIO()
+                Image.fromarray(pixels.astype(np.uint8)).save(buf, format="JPEG")
+                for ext, data in (("jpg", buf.getvalue()), ("txt", f"a {colour} picture".encode()), ("json", b"{}")):
+                    info = tarfile.TarInfo(f"{s:05d}{j:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        declared[f"{s:05d}.tar"] = n
+        if sizes_file == "stats":
+            (folder / f"{s:05d}_stats.json").write_text(json.dumps({"count": n + 3, "successes": n}))
+    if sizes_file == "sizes.json":
+        (folder / "sizes.json").write_text(json.dumps(declared))
+    return f"{folder}/{{00000..{len(sizes) - 1:05d}}}.tar"
+
+
+def tiny_study(tmp_path: Path, pattern: str, samples: int, batch: int = 16, workers: int = 0, **optim) -> Study:
+    return Study(name="t", output_root=str(tmp_path / "out"),
+                 data=DataSpec(train={"s": ScaleData(shards=pattern, samples=samples)}),
+                 model=ModelSpec(name=NAME, config=TINY_CONFIG),
+                 stage2=Stage2Spec(global_batch_size=batch, workers=workers, log_every_steps=2,
+                                   optim=OptimSpec(**{"warmup_steps": 2, **optim})),
+                 grid=GridSpec(scale=["s"]), wandb=WandbSpec(mode="disabled"))
+
+
+def events(folder: Path, kind: str) -> list[dict]:
+    return [e["data"] for _, e in read_events(folder) if e["kind"] == kind]
+
+
+# ---- manifest -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sizes_file", ["sizes.json", "stats", None])
+def test_manifest_takes_the_first_shards_covering_n(tmp_path, sizes_file):
+    pattern = make_shards(tmp_path / "shards", [5, 7, 6, 9], sizes_file=sizes_file)
+    m = plan_manifest(pattern, 13)
+    assert [Path(s.path).name for s in m.shards] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert [(s.size, s.used) for s in m.shards] == [(5, 5), (7, 7), (6, 1)]
+    assert plan_manifest(pattern, 13).digest == m.digest  # deterministic
+    assert len(build_table(m)) == 13
+    assert [(s.size, s.used) for s in plan_manifest(pattern, 12).shards] == [(5, 5), (7, 7)]
+
+
+def test_manifest_errors_name_the_shard(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [4, 4], sizes_file=None)
+    with pytest.raises(TrainingError, match="fewer than the 9"):
+        plan_manifest(pattern, 9)
+    (tmp_path / "shards" / "00001.tar").unlink()
+    with pytest.raises(TrainingError, match="00001.tar"):
+        plan_manifest(pattern, 6)
+    pattern = make_shards(tmp_path / "declared", [4, 4])  # sizes.json says 4, but the tar is cut short
+    shard = tmp_path / "declared" / "00000.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+    with pytest.raises(TrainingError, match="00000.tar"):
+        build_table(plan_manifest(pattern, 8))
+
+
+# ---- sample order and augmentation ---------------------------------------------------------------------
+
+def test_epoch_order_is_a_seeded_permutation_within_windows():
+    counts = [10, 10, 10, 7]
+    a = epoch_order(counts, seed=3, epoch=1, window=8)
+    assert sorted(a.tolist()) == list(range(37))
+    assert np.array_equal(a, epoch_order(counts, seed=3, epoch=1, window=8))
+    assert not np.array_equal(a, epoch_order(counts, seed=3, epoch=2, window=8))
+    assert not np.array_equal(a, epoch_order(counts, seed=4, epoch=1, window=8))
+    # window=1 leaves the shard-permuted stream as is: each window of 8 is a shuffle of 8 consecutive samples
+    stream = epoch_order(counts, seed=3, epoch=1, window=1)
+    assert not np.array_equal(a, stream)
+    for lo in range(0, 37, 8):
+        assert sorted(a[lo:lo + 8].tolist()) == sorted(stream[lo:lo + 8].tolist())
+    starts = np.cumsum([0] + counts)
+    shard_of = np.searchsorted(starts, stream, side="right") - 1
+    runs = [shard_of[i] for i in range(37) if i == 0 or shard_of[i] != shard_of[i - 1]]
+    assert sorted(runs) == [0, 1, 2, 3]  # whole shards, in a permuted order
+
+
+def test_sampler_splits_global_batches_across_ranks():
+    counts = [16, 16]
+    one = EpochBatchSampler(counts, seed=0, global_batch=8)
+    one.set_epoch(2)
+    ranks = [EpochBatchSampler(counts, seed=0, global_batch=8, rank=r, world_size=2) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(2)
+    for whole, *parts in zip(one, *ranks):
+        assert whole == [x for p in parts for x in p]
+    resumed = EpochBatchSampler(counts, seed=0, global_batch=8)
+    resumed.set_epoch(2, start_batch=3)
+    assert list(resumed) == list(one)[3:]
+
+
+def _loader_output(table, tokenizer, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    ds = ShardDataset(table, declip_train_transform(64), tokenizer, seed=5)
+    sampler = EpochBatchSampler(table.shard_counts, seed=5, global_batch=8)
+    loader = make_loader(ds, sampler, workers, pin_memory=False, seed=5)
+    out = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        out += [(x.clone(), t.clone()) for x, t in loader]
+    return out
+
+
+def test_sample_order_and_augmentation_do_not_depend_on_workers(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [12, 12, 8])
+    table = build_table(plan_manifest(pattern, 30))
+    _, _, _, tokenizer = create_model(NAME, TINY_CONFIG)
+    one, two = _loader_output(table, tokenizer, 1), _loader_output(table, tokenizer, 2)
+    assert len(one) == 2 * (30 // 8)
+    for (x1, t1), (x2, t2) in zip(one, two):
+        assert torch.equal(x1, x2) and torch.equal(t1, t2)
+    assert not torch.equal(one[0][0], one[3][0])  # epoch 2 is a different order / augmentation
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_sample(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [6])
+    table = build_table(plan_manifest(pattern, 6))
+    _, _, _, tokenizer = create_model(NAME, TINY_CONFIG)
+    ds = ShardDataset(table, declip_train_transform(64), tokenizer, seed=1)
+    state = torch.get_rng_state()
+    assert torch.equal(ds[(1, 2)][0], ds[(1, 2)][0])
+    assert not torch.equal(ds[(1, 2)][0], ds[(2, 2)][0])
+    assert torch.equal(torch.get_rng_state(), state)  # the main process's RNG stream is untouched
+
+
+# ---- optimizer and schedule ----------------------------------------------------------------------------
+
+def test_no_weight_decay_on_biases_norms_embeddings_and_logit_scale():
+    model, _, _, _ = create_model(NAME, TINY_CONFIG)
+    named = dict(model.named_parameters())
+    for name in ("logit_scale", "visual.class_embedding", "visual.positional_embedding", "positional_embedding",
+                 "visual.ln_pre.weight", "visual.transformer.resblocks.0.attn.in_proj_bias", "ln_final.bias"):
+        assert not decays(name, named[name]), name
+    for name in ("visual.conv1.weight", "visual.proj", "text_projection", "token_embedding.weight",
+                 "visual.transformer.resblocks.0.mlp.c_fc.weight"):
+        assert decays(name, named[name]), name
+    decay, no_decay = param_groups(model.named_parameters(), 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(named)
+
+
+def test_cosine_schedule_with_warmup():
+    spec = OptimSpec(lr=1.0, warmup_steps=4, min_lr=0.0)
+    assert [cosine_lr(s, 14, spec) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert cosine_lr(4, 14, spec) == 1.0
+    assert cosine_lr(9, 14, spec) == pytest.approx(0.5)
+    assert cosine_lr(14, 14, spec) == pytest.approx(0.0)
+    assert cosine_lr(9, 14, OptimSpec(lr=1.0, warmup_steps=4, min_lr=0.2)) == pytest.approx(0.6)
+    assert cosine_lr(0, 10, OptimSpec(lr=1.0, warmup_steps=0)) == 1.0
+
+
+# ---- arms ----------------------------------------------------------------------------------------------
+
+def test_arms_share_text_tower_and_logit_scale_and_pi_arm_has_the_init_vision_tower(tmp_path):
+    study = tiny_study(tmp_path, "unused-{0..1}.tar", 8)
+    donor, _, _, _ = create_model(NAME, TINY_CONFIG)  # stands in for a stage-1 result
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(1.0)
+    init = tmp_path / "init.pt"
+    torch.save({"epoch": 3, "state_dict": donor.state_dict()}, init)
+
+    random_arm, _, _ = build_model(study, "random", None, seed=7)
+    pi_arm, _, _ = build_model(study, "perceptual", init, seed=7)
+    other_seed, _, _ = build_model(study, "random", None, seed=8)
+    rs, ps, ds, os_ = (m.state_dict() for m in (random_arm, pi_arm, donor, other_seed))
+    non_visual = [k for k in rs if not k.startswith("visual.")]
+    assert "logit_scale" in non_visual and "token_embedding.weight" in non_visual
+    for k in non_visual:
+        assert torch.equal(rs[k], ps[k]), k
+    for k in rs:
+        if k.startswith("visual."):
+            assert torch.equal(ps[k], ds[k]), k
+            assert not torch.equal(ps[k], rs[k]), k
+    assert not torch.equal(rs["token_embedding.weight"], os_["token_embedding.weight"])
+
+
+def test_pi_arm_refuses_a_vision_tower_that_does_not_fit(tmp_path):
+    study = tiny_study(tmp_path, "unused-{0..1}.tar", 8)
+    init = tmp_path / "init.pt"
+    torch.save({"epoch": 1, "state_dict": {"visual.proj": torch.zeros(3, 3)}}, init)
+    with pytest.raises(TrainingError, match="init.pt"):
+        build_model(study, "perceptual", init, seed=0)
+    with pytest.raises(TrainingError, match="init_weights"):
+        build_model(study, "shuffled", None, seed=0)
+
+
+# ---- one epoch, end to end ------------------------------------------------------------------------------
+
+LOAD_IN_FRESH_PROCESS = """
+import sys, hashlib, open_clip, torch
+name, path = sys.argv[1], sys.argv[2]
+open_clip.add_model_config(sys.argv[3])
+model, _, _ = open_clip.create_model_and_transforms(name, pretrained=path)
+h = hashlib.sha256()
+for k, v in sorted(model.state_dict().items()):
+    h.update(k.encode()); h.update(v.detach().float().contiguous().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_one_epoch_writes_weights_that_open_clip_loads_in_a_fresh_process(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [20, 20])
+    study = tiny_study(tmp_path, pattern, 32, batch=8, workers=1)
+    ctx = JobContext(uid="run-a", folder=tmp_path / "run")
+    run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=32, epochs=1, seed=0)
+
+    (done,) = events(ctx.folder, "epoch_done")
+    assert done["epoch"] == 1 and done["step"] == 4 and ctx.step == 4 and ctx.epoch == 1
+    assert set(done["metrics"]) == {"train_loss", "lr", "logit_scale", "samples_per_s"}
+    assert math.isfinite(done["metrics"]["train_loss"])
+    weights = [e for e in events(ctx.folder, "checkpoint") if e["kind"] == "weights"]
+    path = ctx.folder / "checkpoints" / "epoch_1.pt"
+    assert weights == [{"epoch": 1, "kind": "weights", "path": str(path), "sha256": sha256_file(path),
+                        "bytes": path.stat().st_size, "step": 4}]
+    resume = [e for e in events(ctx.folder, "checkpoint") if e["kind"] == "resume"]
+    assert resume[-1]["sha256"] == sha256_file(ctx.folder / "resume" / "state.pt")
+    manifest = json.loads((ctx.folder / "data" / "manifest.json").read_text())
+    assert [s["used"] for s in manifest["shards"]] == [20, 12]
+
+    saved = torch.load(path, weights_only=True)
+    assert saved["epoch"] == 1
+    config = ctx.folder / "checkpoints" / f"{NAME}.json"
+    out = subprocess.run([sys.executable, "-c", LOAD_IN_FRESH_PROCESS, NAME, str(path), str(config)],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == state_digest(saved["state_dict"])
+
+
+def test_perceptual_arm_trains_from_the_init(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [16])
+    study = tiny_study(tmp_path, pattern, 16, batch=8)
+    donor, _, _, _ = create_model(NAME, TINY_CONFIG)
+    init = tmp_path / "init.pt"
+    torch.save({"epoch": 2, "state_dict": donor.state_dict()}, init)
+    ctx = JobContext(uid="run-pi", folder=tmp_path / "run")
+    run_stage2(ctx, study, init="perceptual", init_weights=init, shards=pattern, samples=16, epochs=1, seed=0)
+    assert [e["epoch"] for e in events(ctx.folder, "epoch_done")] == [1]
+
+
+def test_wandb_offline_run_lives_in_the_job_folder(tmp_path):
+    pattern = make_shards(tmp_path / "shards", [8])
+    study = tiny_study(tmp_path, pattern, 8, batch=8).model_copy(update={"wandb": WandbSpec(mode="offline")})
+    ctx = JobContext(uid="run-wandb", folder=tmp_path / "run")
+    run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=8, epochs=1, seed=0)
+    runs = list((ctx.folder / "wandb").glob("offline-run-*-run-wandb"))
+    assert len(runs) == 1
