@@ -40,12 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="the study's YAML file (or the name of a submitted study)")
     _ledger_arg(p)
     p.add_argument("--executor", choices=["local", "slurm"], help="override the spec's executor")
+    p.add_argument("--profile", help="slurm: a site profile (YAML in slurm_templates/), overriding the spec's")
     p.add_argument("--force", action="store_true",
                    help="accept a spec whose result-affecting fields differ from the recorded one (replaces it; "
                         "jobs whose uid changed are new jobs, old results stay in the ledger)")
 
-    p = sub.add_parser("resume", help="continue an interrupted study without redoing finished work")
+    p = sub.add_parser("resume", help="continue an interrupted study without redoing finished work "
+                                      "(resubmits only preempted, failed and missing cells)")
     p.add_argument("study")
+    _ledger_arg(p)
+
+    p = sub.add_parser("cancel", help="cancel a study's jobs, or one job (uid prefix or label)")
+    p.add_argument("study")
+    p.add_argument("job", nargs="?")
     _ledger_arg(p)
 
     p = sub.add_parser("status", help="show the grid: state, epoch, attempts, main metric, evals, disk")
@@ -53,12 +60,29 @@ def build_parser() -> argparse.ArgumentParser:
     _ledger_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--state", help="only cells in this state (e.g. failed)")
+    p.add_argument("--limit", type=int, default=40,
+                   help="cells listed one by one (default 40; 0: all); beyond it a summary per group is shown and "
+                        "the most relevant cells (failed, blocked, running first)")
 
-    p = sub.add_parser("report", help="per-benchmark, per-epoch perceptual vs random, and a plot")
+    p = sub.add_parser("report", help="perceptual vs random per benchmark and epoch: intervals, emergence epoch, "
+                                      "wins with a sign test, coverage and cost (works while the study runs)")
     p.add_argument("study")
     _ledger_arg(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--plot", help="PNG path (default: <output_root>/reports/<study>-main.png)")
+    p.add_argument("--json", action="store_true",
+                   help="print the whole report as JSON (every benchmark at every epoch) instead of tables")
+    p.add_argument("--html", metavar="FILE", help="also write one self-contained HTML file with every table and plot")
+    p.add_argument("--md", metavar="FILE", help="also write the tables as Markdown")
+    p.add_argument("--csv", metavar="FILE", help="also write every metric row (run, epoch, benchmark, metric, value)")
+    p.add_argument("--plot", help="write a PNG of the main benchmark's curves here (with --json: by default "
+                                  "<output_root>/reports/<study>-main.png)")
+    p.add_argument("--main-task", help="main benchmark (default: the study's eval.main_task, ImageNet-1K)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per (benchmark, epoch) "
+                                                               "(default 1000)")
+    p.add_argument("--holm-resamples", type=int,
+                   help="resamples for the last-epoch table (default: enough for Holm across its tasks, e.g. 2000)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's generator seed (default 0)")
+    p.add_argument("--seed-level", action="store_true",
+                   help="skip the per-example files: seed-level bootstrap from the ledger's values (faster, weaker)")
 
     p = sub.add_parser("plan", help="show what would be run, without running it")
     p.add_argument("study")
@@ -130,21 +154,25 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
     from .studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=_waiting)
+    update = {}
     if getattr(args, "executor", None) and args.executor != ref.study.executor.name:
-        study = ref.study.model_copy(update={"executor": ref.study.executor.model_copy(update={"name": args.executor})})
+        update["name"] = args.executor
+    if getattr(args, "profile", None):
+        update["profile"] = str(Path(args.profile).resolve())
+    if update:  # resources and executors never change a result: the recorded spec may differ here
+        study = ref.study.model_copy(update={"executor": ref.study.executor.model_copy(update=update)})
         ref.study, ref.study_json = study, study.model_dump(mode="json")
-    if ref.study.executor.name == "slurm":
-        from .errors import ExecutorError
-
-        raise ExecutorError("the slurm executor is not available in this version yet; use executor: local")
     from . import app
     from .console import DataProgress, RunReporter
 
+    with DataProgress(err) as progress:
+        prepared = app.check(ref, progress=progress)
     s = app.open_session(ref, on_wait=_waiting)
     try:
-        with DataProgress(err) as progress:
-            prepared = app.prepare(s, progress=progress, force=getattr(args, "force", False))
+        app.record(s, force=getattr(args, "force", False))
         pf = prepared.preflight
+        if ref.study.executor.name == "slurm":
+            return _submit_slurm(app, s, prepared)
         out.print(f"study [bold]{s.name}[/]: {len(s.plan.inits)} inits, {len(s.plan.runs)} runs, "
                   f"{len(s.plan.evals)} evals · eval coverage {len(pf.coverage_present)}/{len(s.plan.tasks)} tasks"
                   + (f" (missing data: {len(pf.coverage_missing)})" if pf.coverage_missing else "")
@@ -167,6 +195,34 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
         s.close()
 
 
+def _submit_slurm(app, s, prepared) -> int:
+    result = app.submit_slurm(s, prepared, on_wait=_waiting)
+    if result.nothing_to_do:
+        out.print(f"nothing to do: study {s.name} has nothing left to submit (every cell is completed, running, "
+                  f"queued or blocked). See `pisweep status {s.name}`.")
+        return 0
+    sub = result.outcome
+    out.print(f"submitted {len(sub.jobs)} SLURM jobs ({', '.join(sorted(set(sub.jobs.values()))) or '-'}) and "
+              f"{sub.evals} eval jobs; {len(sub.skipped)} cells already queued or running. "
+              f"Evals are submitted by the training jobs as checkpoints appear. Follow with `pisweep status {s.name}`.")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from . import app
+    from .studyref import resolve
+
+    ref = resolve(args.study, args.ledger, on_wait=_waiting)
+    s = app.open_session(ref, on_wait=_waiting)
+    try:
+        app.reconcile_slurm(s)
+        ids = app.cancel(s, args.job)
+    finally:
+        s.close()
+    out.print(f"cancelled {len(ids)} SLURM jobs" + (f": {', '.join(ids)}" if ids else ""))
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     return cmd_submit(args, resume=True)
 
@@ -176,21 +232,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    s = app.open_session(ref, on_wait=_waiting)
+    s = app.open_read_session(ref, on_wait=_waiting)
     try:
-        data = app.status(s).to_json()
+        limit = None if args.limit == 0 else args.limit
+        data = app.status(s, state=args.state, limit=limit).to_json()
     finally:
         s.close()
-    if args.state:
-        data["cells"] = [c for c in data["cells"] if c["state"] == args.state]
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    from .console import status_table
+    from .console import fmt_bytes, status_table
+    from .report.render_terminal import status_groups_table
 
-    out.print(status_table(data))
+    if data["cells_hidden"]:
+        out.print(status_groups_table(data))
+    if data["cells"]:
+        out.print(status_table(data))
+    if data["cells_hidden"]:
+        out.print(f"[dim]{len(data['cells'])} of {data['cells_matching']} cells shown (failed, blocked, running "
+                  f"first); --limit 0 lists all, --state STATE only one state[/]")
+    elif args.state and not data["cells"]:
+        out.print(f"no cell is {args.state}")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(data["summary"].items()))
-    out.print(f"{summary}  ·  main metric: {ref.study.eval.main_task}  ·  ledger {data['ledger']}")
+    evals = ", ".join(f"{n} {k}" for k, n in sorted(data["evals"].items()) if k != "missing_data")
+    out.print(f"{summary}  ·  evals {evals or 'none open or failed'}  ·  disk {fmt_bytes(data['disk_bytes'])}  ·  "
+              f"main metric: {ref.study.eval.main_task}  ·  ledger {data['ledger']}")
     if data["coverage"]["tasks_missing"]:
         out.print(f"[dim]tasks without data ({len(data['coverage']['tasks_missing'])}): "
                   + ", ".join(sorted(data["coverage"]["tasks_missing"])) + "[/]")
@@ -199,40 +265,68 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from . import app
-    from .ledger.queries import main_metric_curves
-    from .report.curves import build_curves
-    from .report.plot import plot_curves
+    from .report.analysis import Options, check_options
+    from .report.build import build_report
+    from .report.data import write_metric_rows
+    from .report.export import to_json, to_markdown, write_text
     from .studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    s = app.open_session(ref, on_wait=_waiting)
+    s = app.open_read_session(ref, on_wait=_waiting)
+    full = bool(args.json or args.html or args.md)
     try:
+        opts = check_options(Options(main_task=args.main_task or ref.study.eval.main_task, resamples=args.resamples,
+                                     holm_resamples=args.holm_resamples, seed=args.seed, full=full,
+                                     per_example=not args.seed_level), s.plan.tasks)
         app.reconcile(s)
-        from .eval_job import NIGHTS_VERSION
+        rep = build_report(s.ledger, ref.study, s.plan, s.suite_version, opts)
+        rows = None
+        if args.csv:
+            from .report.data import load_study
 
-        curves = build_curves(main_metric_curves(s.ledger, s.name, (s.suite_version, NIGHTS_VERSION)))
+            rows = write_metric_rows(load_study(s.ledger, ref.study, s.plan, s.suite_version, opts.main_task),
+                                     Path(args.csv))
     finally:
         s.close()
-    main_task = ref.study.eval.main_task
-    plot_path = Path(args.plot) if args.plot else s.layout.reports / f"{s.name}-main.png"
-    main_curves = [c for c in curves if c.task == main_task] or curves
-    plotted = plot_curves(main_curves, plot_path, f"{s.name}: {main_task}") if curves else None
-    data = {"study": s.name, "main_task": main_task, "plot": str(plotted) if plotted else None,
-            "tasks_evaluated": sorted({c.task for c in curves}), "tasks_planned": len(s.plan.tasks),
-            "curves": [{"task": c.task, "metric": c.metric, "scale": c.scale, "epochs": c.epochs, "arms": c.arms(),
-                        "rows": c.rows()} for c in curves]}
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    from .console import report_tables
+    from .report import figures
 
-    if not curves:
-        out.print(f"no evaluation results yet for study {s.name}")
+    # The PNG of the main benchmark: asked for, or with --json (scripts get its path); the terminal report
+    # stays fast on large studies without it.
+    has_main = any(g.get("main") and g["main"]["rows"] for g in rep["groups"])
+    rep["plot"] = None
+    if has_main and (args.plot or args.json):
+        plot_path = Path(args.plot) if args.plot else s.layout.reports / f"{s.name}-main.png"
+        rep["plot"] = str(write_bytes(plot_path, figures.main_curves(rep)))
+    written = []
+    if args.html:
+        from .report.html import to_html
+
+        written.append(f"html {write_text(Path(args.html), to_html(rep))}")
+    if args.md:
+        written.append(f"markdown {write_text(Path(args.md), to_markdown(rep))}")
+    if args.csv:
+        written.append(f"csv {args.csv} ({rows} metric rows)")
+    if args.json:
+        print(to_json(rep))
+        for line in written:
+            err.print(f"wrote {line}")
         return 0
-    for table in report_tables(data["curves"]):
-        out.print(table)
-    out.print(f"coverage: {len(data['tasks_evaluated'])}/{len(s.plan.tasks)} tasks have results · plot: {plotted}")
+    from .report.render_terminal import report_renderables
+
+    for item in report_renderables(rep):
+        out.print(item)
+    plot = rep["plot"] or ("--plot FILE for a PNG, --html FILE for every plot" if has_main
+                           else "(no result of the main benchmark yet)")
+    out.print(f"plot: {plot}" + "".join(f" · wrote {line}" for line in written))
     return 0
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    from .atomic import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+    return path
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -299,7 +393,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "resume": cmd_resume, "status": cmd_status,
+COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "resume": cmd_resume, "cancel": cmd_cancel, "status": cmd_status,
             "report": cmd_report, "logs": cmd_logs, "data": cmd_data, "eval": cmd_eval}
 
 if __name__ == "__main__":

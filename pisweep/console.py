@@ -66,12 +66,15 @@ class RunReporter:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
+    def _line(self, text: str) -> None:
+        self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}", highlight=False)
+
     def started(self, kind: str, label: str, log: Path) -> None:
-        self.console.log(f"[cyan]start[/] {kind:5s} {label}  [dim]{log}[/]")
+        self._line(f"[cyan]start    [/] {kind:5s} {label}  [dim]{log}[/]")
 
     def finished(self, kind: str, label: str, outcome: str, detail: str | None) -> None:
         style = {"completed": "green", "failed": "red", "stopped": "yellow"}.get(outcome, "white")
-        self.console.log(f"[{style}]{outcome}[/] {kind:5s} {label}" + (f"  [dim]{detail}[/]" if detail else ""))
+        self._line(f"[{style}]{outcome:9s}[/] {kind:5s} {label}" + (f"  [dim]{detail}[/]" if detail else ""))
 
     def tick(self, state: dict[str, Any]) -> None:
         done_jobs = state.get("jobs_done")

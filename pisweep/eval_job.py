@@ -79,6 +79,7 @@ def _nights_2afc(ctx: JobContext, study: Study, evaluator, epoch: int, nights: P
     path = out / "nights_2afc.json"
     prev = _previous(path, NIGHTS_VERSION)
     if prev is None:
+        evaluator.load_weights(weights_path(ctx.folder, epoch))
         scores = nights_2afc(evaluator.model, nights, study.stage1.min_votes, evaluator.device,
                              study.eval.batch_size)
         from .atomic import atomic_write_json

@@ -10,7 +10,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .events import attempt_from_env, write_event
 
@@ -37,11 +37,15 @@ class JobContext:
     epoch: int = 0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     stop_signal: str | None = None
+    # Called after rank 0 wrote an event, e.g. the slurm executor submits an eval job for a new checkpoint.
+    on_event: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list, repr=False)
 
     def emit(self, kind: str, /, **data: Any) -> None:
         """Write an event (rank 0 only: one event per fact, however many ranks)."""
         if self.rank == 0:
             write_event(self.folder, self.uid, kind, self.attempt, **data)
+            for hook in self.on_event:
+                hook(kind, data)
 
     def request_stop(self, name: str) -> None:
         self.stop_signal = name

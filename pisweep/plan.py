@@ -17,7 +17,7 @@ from .spec import Study
 UID_LEN = 12
 # Fields of a stage's spec that change how a job runs but never what it computes.
 _STAGE1_NOT_RESULT = {"workers"}
-_STAGE2_NOT_RESULT = {"workers", "checkpoint_every_steps", "log_every_steps"}
+_STAGE2_NOT_RESULT = {"workers", "checkpoint_every_steps", "log_every_steps", "keep_weights", "keep_resume"}
 
 
 def canonical_json(obj: Any) -> str:

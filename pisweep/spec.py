@@ -43,6 +43,14 @@ class DataSpec(Strict):
     eval_root: str | None = Field(None, description="folder of CLIP_benchmark webdataset task folders")
     synthetic: SyntheticData | None = None
 
+    @field_validator("train")
+    @classmethod
+    def _scale_names(cls, v: dict[str, ScaleData]) -> dict[str, ScaleData]:
+        bad = [k for k in v if not NAME_RE.match(k)]
+        if bad:
+            raise ValueError(f"scale names {bad} must be letters, digits, '_', '.', '-' (they name jobs and folders)")
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
         if self.synthetic is not None and (self.nights or self.train or self.eval_root):
@@ -95,6 +103,11 @@ class Stage2Spec(Strict):
     sample_order: Literal["seeded-shards-v1"] = "seeded-shards-v1"  # how samples are ordered (changes results)
     checkpoint_every_steps: int | None = Field(None, ge=1)  # None: about every 10 minutes of training
     log_every_steps: int = Field(10, ge=1)
+    # Retention (disk, never results). Weights files: "evaluated" keeps the epochs evaluation reads (every
+    # eval.every-th and the last), "all" every epoch. The resume state (model + optimizer + RNG, ~3x a weights
+    # file): "until_done" shrinks it to a small completion marker when the run ends, "always" keeps it.
+    keep_weights: Literal["evaluated", "all"] = "evaluated"
+    keep_resume: Literal["until_done", "always"] = "until_done"
 
 
 class EvalSpec(Strict):

@@ -51,7 +51,7 @@ def study_from_json(data: dict[str, Any]) -> Study:
 
 
 # Fields that hold paths, resolved relative to the spec's folder.
-_PATH_FIELDS = [("output_root",), ("ledger",), ("data", "nights"), ("data", "eval_root"), ("data", "synthetic", "root"),
+_PATH_FIELDS = [("output_root",), ("executor", "profile"), ("ledger",), ("data", "nights"), ("data", "eval_root"), ("data", "synthetic", "root"),
                 ("eval", "cache_dir")]
 
 

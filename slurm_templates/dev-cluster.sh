@@ -75,7 +75,7 @@ wait_until() {
 pid_alive() {
   local pidfile=$1 name=$2 pid
   [[ -r $pidfile ]] || return 1
-  pid=$(tr -dc '0-9' <"$pidfile")
+  pid=$(tr -dc '0-9' 2>/dev/null <"$pidfile" || true)
   [[ -n $pid && -r /proc/$pid/comm ]] || return 1
   [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] || return 1
   # A zombie (exited, not yet reaped by init) still has a comm; it is not running.
@@ -89,7 +89,7 @@ stop_pid() {
     say "$name not running"
     return 0
   fi
-  pid=$(tr -dc '0-9' <"$pidfile")
+  pid=$(tr -dc '0-9' 2>/dev/null <"$pidfile" || true)
   kill -TERM "$pid" 2>/dev/null || true
   for ((i = 0; i < 150; i++)); do
     pid_alive "$pidfile" "$name" || { say "stopped $name (pid $pid)"; return 0; }
@@ -106,7 +106,8 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
 mysql_ok() { mariadb-admin --no-defaults --socket="$MYSQL_SOCK" -u root ping >/dev/null 2>&1; }
 dbd_ok() { sacctmgr -n -P show cluster format=cluster >/dev/null 2>&1; }
-ctld_ok() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
+# Capture, then match: `cmd | grep -q` can fail under pipefail when grep exits first (SIGPIPE).
+ctld_ok() { [[ $(scontrol ping 2>/dev/null) == *"is UP"* ]]; }
 node_state() { sinfo -h -N -n "$NODE" -o %t 2>/dev/null | head -n 1; }
 # idle/mix/alloc/completing mean the node takes jobs; '*' (not responding), drain, down do not.
 node_ok() { [[ $(node_state) =~ ^(idle|mix|alloc|comp)$ ]]; }
@@ -122,7 +123,7 @@ sacct_ok() {
 install_packages() {
   local missing=() p
   for p in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true) == "install ok installed" ]] || missing+=("$p")
   done
   ((${#missing[@]})) || return 0
   say "installing ${missing[*]}"
@@ -134,6 +135,7 @@ install_packages() {
     printf '#!/bin/sh\nexit 101\n' >"$policy"
     chmod 755 "$policy"
     made_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   local apt_log=$LOG/apt.log
   local ok=0
@@ -144,7 +146,10 @@ install_packages() {
     apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$apt_log" 2>&1; then
     ok=1
   fi
-  if ((made_policy)); then rm -f "$policy"; fi
+  if ((made_policy)); then
+    rm -f "$policy"
+    trap - EXIT
+  fi
   ((ok)) || die "apt-get install ${missing[*]} failed" "$apt_log"
 }
 
@@ -230,9 +235,10 @@ write_configs() {
   [[ -n $hw_mem ]] || die "could not read RealMemory from 'slurmd -C'"
   # Declaring more memory than slurmd measures drains the node; 90 % leaves headroom.
   REALMEM=$((hw_mem * 9 / 10))
-  CONF_CHANGED=0
+  CONF_CHANGED=0     # slurm.conf: restart slurmctld and slurmd
+  DBD_CONF_CHANGED=0 # slurmdbd.conf: restart slurmdbd
   if render "$TEMPLATES/slurm.conf.in" "$ETC/slurm.conf" 644; then CONF_CHANGED=1; fi
-  if render "$TEMPLATES/slurmdbd.conf.in" "$ETC/slurmdbd.conf" 600; then CONF_CHANGED=1; fi
+  if render "$TEMPLATES/slurmdbd.conf.in" "$ETC/slurmdbd.conf" 600; then DBD_CONF_CHANGED=1; fi
   install -d -m 755 "$(dirname "$SLURM_CONF_LINK")"
   if [[ -e $SLURM_CONF_LINK && ! -L $SLURM_CONF_LINK ]]; then
     say "moving existing $SLURM_CONF_LINK to $SLURM_CONF_LINK.pisweep-bak"
@@ -245,7 +251,7 @@ write_configs() {
 }
 
 start_slurmdbd() {
-  if ((CONF_CHANGED)) && pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
+  if ((DBD_CONF_CHANGED)) && pid_alive "$RUN/slurmdbd.pid" slurmdbd; then
     say "config changed: restarting slurmdbd"
     stop_pid "$RUN/slurmdbd.pid" slurmdbd
   fi
@@ -260,14 +266,14 @@ start_slurmdbd() {
 
 register_accounts() {
   local out=$LOG/sacctmgr.log
-  if ! sacctmgr -n -P show cluster format=cluster 2>>"$out" | grep -qx "$CLUSTER"; then
+  if ! grep -qx "$CLUSTER" <<<"$(sacctmgr -n -P show cluster format=cluster 2>>"$out")"; then
     sacctmgr -i add cluster "$CLUSTER" >>"$out" 2>&1 || die "sacctmgr add cluster failed" "$out"
   fi
-  if ! sacctmgr -n -P show account format=account 2>>"$out" | grep -qx "$ACCOUNT"; then
+  if ! grep -qx "$ACCOUNT" <<<"$(sacctmgr -n -P show account format=account 2>>"$out")"; then
     sacctmgr -i add account "$ACCOUNT" Cluster="$CLUSTER" Description=pisweep Organization=pisweep \
       >>"$out" 2>&1 || die "sacctmgr add account failed" "$out"
   fi
-  if ! sacctmgr -n -P show assoc where user=root account="$ACCOUNT" format=user 2>>"$out" | grep -qx root; then
+  if ! grep -qx root <<<"$(sacctmgr -n -P show assoc where user=root account="$ACCOUNT" format=user 2>>"$out")"; then
     sacctmgr -i add user root Account="$ACCOUNT" Cluster="$CLUSTER" >>"$out" 2>&1 ||
       die "sacctmgr add user root failed" "$out"
   fi

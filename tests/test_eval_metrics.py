@@ -9,6 +9,7 @@ import torch
 
 from pisweep.errors import EvalError
 from pisweep.eval import metrics as M
+from pisweep.eval.zeroshot import torch_topk
 
 
 def cls(logits, targets, n_classes=None):
@@ -18,13 +19,26 @@ def cls(logits, targets, n_classes=None):
 
 # ------------------------------------------------------------------------------------------ classification
 
-def test_ties_go_to_the_lower_class_index():
+def test_ties_go_to_the_lower_class_index_by_default():
     logits = [[1, 3, 3, 0], [1, 3, 3, 0]]
     per, agg = cls(logits, [2, 1])
     assert per["pred"].tolist() == [1, 1]  # argmax: first maximum
+    assert per["top1"].tolist() == [False, True]
     assert agg["acc1"] == 0.5
     assert per["top5"].tolist() == [True, True]
     assert math.isnan(agg["acc5"])  # 4 classes < 5
+
+
+def test_injected_topk_decides_acc_but_not_the_argmax():
+    """As in CLIP_benchmark: acc1 from the top-k call, mean_per_class_recall from argmax."""
+    def last_first(block, k):  # a top-k that breaks ties towards the higher index
+        return np.argsort(-block[:, ::-1], axis=1, kind="stable")[:, :k] * -1 + block.shape[1] - 1
+
+    logits = np.array([[1, 3, 3, 0, 0, 0]] * 2, dtype=np.float32)
+    per = M.classification_per_example(logits, [2, 1], topk=last_first)
+    assert per["pred"].tolist() == [1, 1] and per["top1"].tolist() == [True, False]
+    agg = M.aggregate_classification(per)
+    assert agg["acc1"] == 0.5 and agg["mean_per_class_recall"] == 0.5  # class 1 recall 1, class 2 recall 0
 
 
 def test_top5_boundary_with_ties():
@@ -32,7 +46,7 @@ def test_top5_boundary_with_ties():
     per, agg = cls([row] * 3, [4, 5, 6])
     assert per["top5"].tolist() == [True, False, False]
     assert agg["acc5"] == pytest.approx(1 / 3)
-    assert agg["acc1"] == 0.0
+    assert agg["acc1"] == 0.0 and per["top1"].tolist() == [False] * 3
 
 
 def test_acc5_nan_only_below_five_class_names():
@@ -83,7 +97,7 @@ def test_batches_concatenate_to_the_whole():
     joined = M.concat_classification(parts)
     for k in M.CLS_KEYS:
         np.testing.assert_array_equal(joined[k], whole[k])
-    assert whole["target"].dtype == np.int16 and whole["top5"].dtype == bool
+    assert whole["target"].dtype == np.int16 and whole["top5"].dtype == bool and whole["top1"].dtype == bool
 
 
 def test_classification_rejects_bad_input():
@@ -127,12 +141,13 @@ def test_retrieval_hand_case_five_captions():
     scores[7] = [0.1, 0.5, 0.5]  # text 7 (image 1): tie with image 2, lower index wins -> rank 0
     scores[12] = [0.5, 0.1, 0.5]  # text 12 (image 2): tie with image 0 -> rank 1
     per = M.retrieval_per_example(scores, tii)
-    assert per["image_rank"][[0, 1, 7, 12]].tolist() == [0, 1, 0, 1]
+    assert per["image_hits"][[0, 1, 7, 12], 0].tolist() == [True, False, True, False]
+    assert per["image_hits"][:, 1].all() and per["recall_k"].tolist() == [1, 5, 10]
     agg = M.aggregate_retrieval(per)
     assert agg["image_retrieval_recall@1"] == pytest.approx(13 / 15)
     assert agg["image_retrieval_recall@5"] == 1.0
     # image -> text: for every image some own text scores 1.0 and comes before any foreign 1.0
-    assert per["text_rank"].tolist() == [0, 0, 0]
+    assert per["text_hits"][:, 0].tolist() == [True, True, True]
     assert agg["text_retrieval_recall@1"] == 1.0
     assert agg["mean_recall@1"] == pytest.approx(0.5 * (1 + 13 / 15))
     assert agg == brute_force_retrieval(scores, tii)
@@ -161,6 +176,7 @@ def test_retrieval_matches_clip_benchmark_semantics_without_ties():
         return (top * p.view(s.shape[0], 1, s.shape[1])).sum(dim=(1, 2)) / p.sum(dim=1)
 
     agg = M.aggregate_retrieval(M.retrieval_per_example(scores.numpy(), tii))
+    assert agg == M.aggregate_retrieval(M.retrieval_per_example(scores.numpy(), tii, topk=torch_topk))
     for k in (1, 5, 10):
         assert agg[f"image_retrieval_recall@{k}"] == (recall(scores, pos, k) > 0).float().mean().item()
         assert agg[f"text_retrieval_recall@{k}"] == (recall(scores.T, pos.T, k) > 0).float().mean().item()
@@ -168,9 +184,10 @@ def test_retrieval_matches_clip_benchmark_semantics_without_ties():
 
 def test_image_without_captions_is_never_a_text_hit():
     scores = np.array([[0.9, 0.1], [0.8, 0.2]], dtype=np.float32)
-    per = M.retrieval_per_example(scores, [0, 0])  # image 1 has no captions
-    assert per["text_rank"][1] == M.NO_TEXT
+    per = M.retrieval_per_example(scores, [0, 0])  # image 1 has no captions; k > candidates is capped
+    assert per["text_hits"][1].tolist() == [False, False, False]
     assert M.aggregate_retrieval(per)["text_retrieval_recall@10"] == 0.5
+    assert M.aggregate_retrieval(per)["image_retrieval_recall@10"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------- resampling
@@ -187,6 +204,19 @@ def test_resampling_identity_and_image_bootstrap():
     assert M.aggregate_retrieval(same) == M.aggregate_retrieval(rper)
     draw = M.resample_retrieval(rper, np.array([3, 3, 7]))
     assert draw["text_image_index"].tolist() == [0] * 5 + [1] * 5 + [2] * 5
-    np.testing.assert_array_equal(draw["image_rank"], np.concatenate(
-        [rper["image_rank"][15:20], rper["image_rank"][15:20], rper["image_rank"][35:40]]))
-    np.testing.assert_array_equal(draw["text_rank"], rper["text_rank"][[3, 3, 7]])
+    np.testing.assert_array_equal(draw["image_hits"], np.concatenate(
+        [rper["image_hits"][15:20], rper["image_hits"][15:20], rper["image_hits"][35:40]]))
+    np.testing.assert_array_equal(draw["text_hits"], rper["text_hits"][[3, 3, 7]])
+
+
+def test_torch_topk_equals_clip_benchmark_calls_even_with_ties():
+    """Blockwise torch top-k (the evaluator's) gives CLIP_benchmark's hits, ties included."""
+    rng = np.random.default_rng(6)
+    logits = rng.integers(0, 3, size=(500, 10)).astype(np.float32)  # many ties
+    target = rng.integers(0, 10, 500)
+    per = M.concat_classification([M.classification_per_example(logits[s:s + 64], target[s:s + 64], 10,
+                                                                 topk=torch_topk) for s in range(0, 500, 64)])
+    top = torch.from_numpy(logits).topk(5, 1, True, True)[1].numpy()
+    np.testing.assert_array_equal(per["top1"], top[:, 0] == target)
+    np.testing.assert_array_equal(per["top5"], (top == target[:, None]).any(1))
+    np.testing.assert_array_equal(per["pred"], torch.from_numpy(logits).argmax(1).numpy())

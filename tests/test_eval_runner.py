@@ -209,6 +209,32 @@ def test_cache_batches_equal_decoded_batches_and_cap(eval_root, tmp_path):
     assert not capped.cached and not any((tmp_path / "small").iterdir())
 
 
+def test_worker_processes_keep_file_order(eval_root, tmp_path):
+    *_, preprocess, _ = create_model(MODEL, TINY_CONFIG)
+    folder = eval_root / "wds_imagenet1k"
+    plain = torch.cat(list(D.load_task(folder, preprocess).image_batches(7)))
+    workers = torch.cat(list(D.load_task(folder, preprocess).image_batches(7, num_workers=2)))
+    built = D.load_task(folder, preprocess, D.ImageCache(tmp_path), num_workers=2)
+    assert built.cached and torch.equal(plain, workers) and torch.equal(plain, torch.cat(list(built.image_batches(7))))
+
+
+def test_cache_of_an_unsplittable_transform_stores_floats(eval_root, tmp_path):
+    *_, preprocess, _ = create_model(MODEL, TINY_CONFIG)
+    opaque = lambda img: preprocess(img)  # noqa: E731  no ToTensor to split at: whole tensors are cached
+    folder = eval_root / "wds_vtab-cifar10"
+    cached = D.load_task(folder, opaque, D.ImageCache(tmp_path))
+    entry = next(p for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert cached.cached and json.loads((entry / "meta.json").read_text())["mode"] == "float32"
+    plain = torch.cat(list(D.load_task(folder, preprocess).image_batches(5)))
+    assert torch.equal(plain, torch.cat(list(cached.image_batches(5))))
+
+
+def test_amp_runs(eval_root, checkpoints):
+    res = runner.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, eval_root, ["cifar10", FLICKR], device="cpu",
+                                     amp=True)
+    assert [r.status for r in res] == ["done", "done"]
+
+
 def test_cache_build_race_keeps_one_entry(eval_root, tmp_path):
     *_, preprocess, _ = create_model(MODEL, TINY_CONFIG)
     info = D.read_folder(eval_root / "wds_flickr30k")
@@ -251,6 +277,13 @@ def test_label_beyond_class_names_fails_only_that_task(eval_root, checkpoints, t
                                      device="cpu")
     assert [r.status for r in res] == ["failed", "done", "failed"]
     assert "label 2" in res[0].reason and "nights_2afc" in res[2].reason
+
+
+def test_no_eval_root_means_missing_data_unless_an_absolute_override(eval_root, checkpoints):
+    res = runner.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, None, ["imagenet1k", "cifar10"], device="cpu",
+                                     overrides={"cifar10": str(eval_root / "wds_vtab-cifar10")})
+    assert [r.status for r in res] == ["missing_data", "done"]
+    assert "no eval data root" in res[0].reason
 
 
 def test_bad_checkpoint_is_an_eval_error(eval_root, tmp_path):

@@ -62,7 +62,8 @@ def make_shards(folder: Path, sizes: list[int]) -> str:
 
 
 def study(pattern: str, workers: int = 0, every: int | None = None, **optim) -> Study:
-    return Study(name="t", output_root="/unused",
+    root = Path(pattern).parent.parent / "out"
+    return Study(name="t", output_root=str(root),
                  data=DataSpec(train={"s": ScaleData(shards=pattern, samples=40)}),
                  model=ModelSpec(name=NAME, config=TINY_CONFIG),
                  stage2=Stage2Spec(global_batch_size=8, workers=workers, log_every_steps=2,

@@ -18,7 +18,6 @@ from pisweep.events import read_events
 from pisweep.jobctx import JobContext, Preempted
 from pisweep.models import TINY_CONFIG, create_model
 from pisweep.spec import (DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage1Spec, Study, WandbSpec)
-from pisweep.train import stage1 as stage1_module
 from pisweep.train.stage1 import _Stage1, hinge_loss, run_stage1, triplet_distances
 
 NAME = "pisweep-tiny"
@@ -27,8 +26,9 @@ COLUMNS = ["id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "r
 
 
 def make_nights(root: Path, counts: dict[str, int], seed: int = 0, low_votes: int = 4) -> Path:
-    """A NIGHTS folder whose (unanimous) votes follow a visual rule: the distortion of the same hue as the
-    reference is the closer one. ``low_votes`` extra rows with votes < 6 must be ignored by the loaders."""
+    """A NIGHTS folder whose (unanimous) votes follow a visual rule: the distortion with the reference's hue
+    (only brighter or darker) is closer than the one with its colour channels rotated. A random tower gets
+    about 0.85 of it right, below the margin; training reaches 1.0. ``low_votes`` extra rows have votes < 6."""
     r = np.random.default_rng(seed)
     rows, i = [], 0
     splits = [s for s, n in counts.items() for _ in range(n)] + ["train"] * low_votes
@@ -36,10 +36,10 @@ def make_nights(root: Path, counts: dict[str, int], seed: int = 0, low_votes: in
         folder, item = divmod(i, 1000)
         paths = [f"ref/{folder:03d}/{item:03d}.png", f"distort/{folder:03d}/{item:03d}_0.png",
                  f"distort/{folder:03d}/{item:03d}_1.png"]
-        base = r.integers(0, 256, 3)
-        other = (base + r.integers(96, 160, 3)) % 256
+        base = r.integers(40, 216, 3).astype(float)
+        close, far = base * r.choice([0.6, 1.4]), base[[1, 2, 0]]
         right_closer = bool(r.integers(2))
-        colours = [base, other if right_closer else base, base if right_closer else other]
+        colours = [base, far if right_closer else close, close if right_closer else far]
         for rel, colour in zip(paths, colours):
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             pixels = np.clip(colour + r.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
@@ -94,8 +94,8 @@ def test_loss_decreases_and_lowest_val_loss_init_loads_into_a_fresh_model(tmp_pa
     assert set(done[0]["metrics"]) == {"train_loss", "val_loss", "nights_val_2afc", "nights_test_imagenet_2afc",
                                        "nights_test_no_imagenet_2afc"}
     train_loss = [e["metrics"]["train_loss"] for e in done]
-    assert train_loss[-1] < 0.7 * train_loss[0]
-    assert done[-1]["metrics"]["nights_val_2afc"] >= 0.75
+    assert train_loss[-1] < 0.5 * train_loss[0]
+    assert done[-1]["metrics"]["nights_val_2afc"] >= 0.9
 
     val = [e["metrics"]["val_loss"] for e in done]
     best = int(np.argmin(val)) + 1
@@ -175,8 +175,15 @@ def test_shuffled_control_permutes_votes_deterministically(tmp_path, nights_root
         run_stage1(JobContext(uid="x", folder=tmp_path / "bad"), study(), "random", 0, nights_root)
 
 
-def test_preempted_stage1_resumes_to_the_same_init(tmp_path, nights_root):
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_preempted_stage1_resumes_to_the_same_init(tmp_path, nights_root, one_thread):
     s = study(epochs=3)
     ref = run_stage1(JobContext(uid="ref", folder=tmp_path / "ref"), s, "shuffled", 0, nights_root)
     folder = tmp_path / "cut"

@@ -25,6 +25,7 @@ from pisweep.train.loader import EpochBatchSampler, ShardDataset, epoch_order, m
 from pisweep.train.optim import cosine_lr, decays, param_groups
 from pisweep.train.shards import build_table, plan_manifest
 from pisweep.train.stage2 import build_model, run_stage2
+from pisweep.train.tarindex import IndexCache, index_tar, scan_tar
 
 NAME = "pisweep-tiny"
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
@@ -292,3 +293,59 @@ def test_wandb_offline_run_lives_in_the_job_folder(tmp_path):
     run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=8, epochs=1, seed=0)
     runs = list((ctx.folder / "wandb").glob("offline-run-*-run-wandb"))
     assert len(runs) == 1
+
+
+# ---- tar index -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_scan_agrees_with_tarfile_for_long_names_and_folders(tmp_path, fmt):
+    path = tmp_path / "shard.tar"
+    long_dir = "d" * 80 + "/" + "e" * 60  # > 100 characters: ustar prefix, GNU 'L' or pax path
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, name in enumerate(["a/0001.jpg", "a/0001.txt", f"{long_dir}/0002.jpg", f"{long_dir}/0002.txt",
+                                  "0003.png", "0003.txt", "0003.json"]):
+            data = bytes([i]) * (100 + 700 * i)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("emptydir")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+    assert scan_tar(str(path)) == expected
+    rows = index_tar(str(path)).rows
+    assert rows.tolist() == [[expected[0][1], 100, expected[1][1], 800], [expected[2][1], 1500, expected[3][1], 2200],
+                             [expected[4][1], 2900, expected[5][1], 3600]]
+
+
+def test_tar_index_refuses_non_tars_and_samples_without_caption(tmp_path):
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"x" * 2048)
+    with pytest.raises(TrainingError, match="junk.tar"):
+        index_tar(str(junk))
+    lone = tmp_path / "lone.tar"
+    with tarfile.open(lone, "w") as tar:
+        info = tarfile.TarInfo("0001.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(TrainingError, match=r"lone.tar: sample '0001' lacks"):
+        index_tar(str(lone))
+
+
+def test_index_cache_reuses_and_invalidates_and_builds_in_parallel(tmp_path, monkeypatch):
+    pattern = make_shards(tmp_path / "shards", [3] * 10)
+    paths = [str(tmp_path / "shards" / f"{i:05d}.tar") for i in range(10)]
+    cache = IndexCache(tmp_path / "cache")
+    serial = [IndexCache(None).get(p).rows for p in paths]
+    parallel = cache.get_many(paths, processes=2)  # 10 uncached shards: a process pool builds them
+    assert all(np.array_equal(a, b.rows) for a, b in zip(serial, parallel))
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 10
+
+    import pisweep.train.tarindex as tarindex
+    monkeypatch.setattr(tarindex, "index_tar", lambda path: pytest.fail(f"re-indexed {path}"))
+    assert np.array_equal(cache.get(paths[0]).rows, serial[0])
+    monkeypatch.undo()
+    make_shards(tmp_path / "shards", [5] * 10, seed=1)  # rewritten in place: new size and mtime
+    assert len(cache.get(paths[0])) == 5
+    assert len(build_table(plan_manifest(pattern, 50, tmp_path / "cache"), tmp_path / "cache")) == 50

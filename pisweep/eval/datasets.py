@@ -7,38 +7,30 @@ Layout (CLIP_benchmark builder.build_wds_dataset)::
     <folder>/dataset_type.txt                                         ("retrieval"; missing: classification)
 
 Samples are grouped as webdataset groups them (key = member path up to the first dot of its base name);
-an image is the first of .webp/.png/.jpg/.jpeg, decoded with PIL and converted to RGB as webdataset's
-"pil" decoder does; a label is ``int`` of .cls; captions are ``str.splitlines`` of .txt. Order is file
-order: shard 0..n-1, members in tar order, so every run sees the same examples in the same order.
-
-Why we read the tars ourselves instead of through ``wds.WebDataset``: a map-style index (shard, offset)
-lets a DataLoader decode in parallel worker processes and still yield examples in file order, and lets
-the labels and captions be read once without decoding any image.
+an image is the first of .webp/.png/.jpg/.jpeg, decoded by PIL and converted to RGB (webdataset's "pil"
+decoder); a label is ``int`` of .cls; captions are ``str.splitlines`` of .txt. Order is file order.
+We index the tars ourselves (shard, offset) so that DataLoader workers decode in parallel and examples
+still come in file order, and labels/captions are read without decoding any image. The image cache lives in
+:mod:`pisweep.eval.imagecache` (its names are re-exported here).
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import os
 import re
-import shutil
 import tarfile
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import PIL
 import torch
-import torchvision
 from PIL import Image
-from torchvision.transforms import Compose, ToTensor
 
 from ..errors import EvalError
 from . import registry
+from .imagecache import (  # noqa: F401  (re-exported: the cache used to live here)
+    CACHE_FORMAT, DEFAULT_CACHE_MAX_BYTES, CacheEntry, ImageCache, fingerprint_for, iterate_in_order,
+    split_preprocess)
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 _META = re.compile(r"__[^/]*__($|/)")
@@ -76,7 +68,7 @@ class ImageRef:
 
 @dataclass
 class SampleIndex:
-    images: list[ImageRef]
+    images: list[ImageRef]  # in file order
     labels: np.ndarray | None  # classification: int64 (n,)
     captions: list[list[str]] | None  # retrieval: captions per image
 
@@ -113,10 +105,8 @@ def read_folder(folder: Path) -> FolderInfo | MissingData:
         if not s.is_file():
             return MissingData(s, f"shard missing: {s} ({listing} lists {n})")
     type_file = folder / "dataset_type.txt"
-    kind = type_file.read_text().strip().lower() if type_file.is_file() else registry.CLASSIFICATION
-    if kind in ("", "classification"):
-        kind = registry.CLASSIFICATION
-    elif kind != registry.RETRIEVAL:
+    kind = (type_file.read_text().strip().lower() if type_file.is_file() else "") or registry.CLASSIFICATION
+    if kind not in (registry.CLASSIFICATION, registry.RETRIEVAL):
         raise EvalError(f"{type_file}: unsupported dataset type {kind!r} (classification or retrieval)")
     return FolderInfo(folder, kind, _read_lines(folder / "classnames.txt"),
                       _read_lines(folder / "zeroshot_classification_templates.txt"), shards)
@@ -205,13 +195,6 @@ class ShardImages(torch.utils.data.Dataset):
         return self.fn(decode_image(data, f"{shard}:{ref.name}"))
 
 
-def iterate_in_order(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int) -> Iterator[list]:
-    """Batches (lists) of items in index order, decoded by ``num_workers`` processes (0: in this one)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         collate_fn=list)
-    yield from loader
-
-
 @dataclass
 class TaskData:
     """One task folder, ready to be evaluated any number of times (labels/captions in memory)."""
@@ -223,18 +206,18 @@ class TaskData:
     _batches: Callable[[int, int], Iterator[torch.Tensor]]
     cached: bool = False
 
-    @property
-    def kind(self) -> str:
-        return self.info.kind
+    kind = property(lambda self: self.info.kind)
 
     def image_batches(self, batch_size: int = 64, num_workers: int = 0) -> Iterator[torch.Tensor]:
         """Preprocessed images, (B, C, H, W) float32, in file order."""
         return self._batches(batch_size, num_workers)
 
 
-def load_task(folder: Path, preprocess: Callable, cache: ImageCache | None = None,
-              num_workers: int = 0) -> TaskData | MissingData:
-    """Open a task folder; with a cache, images are preprocessed once per (folder, preprocessing)."""
+def load_task(folder: Path, preprocess: Callable, cache: ImageCache | None = None, num_workers: int = 0,
+              progress: Callable[[str, int, int], None] | None = None) -> TaskData | MissingData:
+    """Open a task folder; with a cache, images are preprocessed once per (folder, preprocessing).
+
+    ``progress("cache", done, total)`` reports the building of a cache entry."""
     info = read_folder(folder)
     if isinstance(info, MissingData):
         return info
@@ -245,10 +228,9 @@ def load_task(folder: Path, preprocess: Callable, cache: ImageCache | None = Non
         if entry is None:
             index = index_samples(info)
             entry = cache.build(fp, index, lambda fn: ShardImages(info.shards, index.images, fn), preprocess,
-                                num_workers)
-        if entry is not None:
+                                num_workers, progress)
+        if entry is not None:  # else over the size cap, or images of varying size: decode every time
             return TaskData(info, entry.labels, entry.captions, entry.n, entry.batches, cached=True)
-        # Not cacheable (over the size cap, or a transform we cannot split losslessly): decode every time.
     if index is None:
         index = index_samples(info)
 
@@ -258,149 +240,3 @@ def load_task(folder: Path, preprocess: Callable, cache: ImageCache | None = Non
             yield torch.stack(items)
 
     return TaskData(info, index.labels, index.captions, len(index.images), batches)
-
-
-# ------------------------------------------------------------------------- preprocessed-image cache
-
-CACHE_FORMAT = 1
-DEFAULT_CACHE_MAX_BYTES = 64 << 30
-_STALE_TMP_S = 24 * 3600
-
-
-def split_preprocess(preprocess: Callable) -> tuple[Compose, Compose] | None:
-    """(PIL-side transforms, tensor-side transforms) split at ToTensor, or None if there is none.
-
-    Why: the PIL side (resize, crop, RGB) is the expensive part and yields uint8 pixels, 4x smaller than
-    floats; the tensor side (ToTensor, Normalize) is cheap, exact and re-applied when reading.
-    """
-    ts = getattr(preprocess, "transforms", None)
-    if not isinstance(ts, list):
-        return None
-    for i, t in enumerate(ts):
-        if isinstance(t, ToTensor):
-            return Compose(ts[:i]), Compose(ts[i:])
-    return None
-
-
-def fingerprint_for(folder: Path, shards: tuple[Path, ...], preprocess: Callable, kind: str) -> dict:
-    """Everything the cached pixels depend on (shards by size and mtime: hashing GBs would defeat it)."""
-    stats = [[s.name, s.stat().st_size, s.stat().st_mtime_ns] for s in shards]
-    return {"format": CACHE_FORMAT, "suite": registry.SUITE_VERSION, "kind": kind,
-            "folder": str(Path(folder).resolve()), "shards": stats,
-            "preprocess": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(preprocess)),
-            "pil": PIL.__version__, "torchvision": torchvision.__version__}
-
-
-class _AsUint8:
-    def __init__(self, pre: Callable):
-        self.pre = pre
-
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        return np.asarray(self.pre(img), dtype=np.uint8)
-
-
-class _AsFloat:
-    def __init__(self, preprocess: Callable):
-        self.preprocess = preprocess
-
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        return self.preprocess(img).numpy().astype(np.float32, copy=False)
-
-
-@dataclass
-class CacheEntry:
-    path: Path
-    n: int
-    mode: str  # "uint8": pixels after the PIL-side transforms; "float32": fully preprocessed tensors
-    item_shape: tuple[int, ...]
-    labels: np.ndarray | None
-    captions: list[list[str]] | None
-    post: Callable | None
-
-    def batches(self, batch_size: int, num_workers: int = 0) -> Iterator[torch.Tensor]:
-        dtype = np.uint8 if self.mode == "uint8" else np.float32
-        arr = np.memmap(self.path / "images.bin", dtype=dtype, mode="r", shape=(self.n, *self.item_shape))
-        for s in range(0, self.n, batch_size):
-            block = np.array(arr[s:s + batch_size])
-            yield torch.stack([self.post(x) for x in block]) if self.post else torch.from_numpy(block)
-
-
-class ImageCache:
-    """Preprocessed images on disk, one entry per (task folder, preprocessing fingerprint).
-
-    An entry is built in a hidden temp folder and renamed into place, so readers never see a partial one;
-    when two processes race, the first rename wins and the other discards its copy. ``max_bytes`` caps
-    the total: an entry that would exceed it is simply not cached (nothing is evicted).
-    """
-
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_CACHE_MAX_BYTES):
-        self.root, self.max_bytes = Path(root), int(max_bytes)
-        self.root.mkdir(parents=True, exist_ok=True)
-        for tmp in self.root.glob(".tmp-*"):  # left by killed builders
-            if time.time() - tmp.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    @staticmethod
-    def entry_name(fp: dict) -> str:
-        return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:24]
-
-    def usage(self) -> int:
-        return sum(f.stat().st_size for d in self.root.iterdir() if not d.name.startswith(".") and d.is_dir()
-                   for f in d.iterdir() if f.is_file())
-
-    def get(self, fp: dict, preprocess: Callable) -> CacheEntry | None:
-        path = self.root / self.entry_name(fp)
-        try:
-            meta = json.loads((path / "meta.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if meta.get("fingerprint") != fp:
-            return None
-        labels = np.load(path / "labels.npy") if (path / "labels.npy").is_file() else None
-        captions = json.loads((path / "captions.json").read_text()) if fp["kind"] == registry.RETRIEVAL else None
-        split = split_preprocess(preprocess)
-        post = split[1] if meta["mode"] == "uint8" and split else None
-        if meta["mode"] == "uint8" and post is None:
-            return None
-        return CacheEntry(path, meta["n"], meta["mode"], tuple(meta["item_shape"]), labels, captions, post)
-
-    def build(self, fp: dict, index: SampleIndex, source: Callable[[Callable], ShardImages],
-              preprocess: Callable, num_workers: int = 0) -> CacheEntry | None:
-        """Decode every image once into a new entry; None when it cannot or may not be cached."""
-        n = len(index.images)
-        first = source(lambda img: img)[0]
-        mode, fn, item = "float32", _AsFloat(preprocess), tuple(preprocess(first).shape)
-        split = split_preprocess(preprocess)
-        if split is not None:
-            pixels = _AsUint8(split[0])(first)
-            if pixels.ndim == 3 and torch.equal(split[1](pixels.copy()), preprocess(first)):
-                mode, fn, item = "uint8", _AsUint8(split[0]), pixels.shape
-        itemsize = 1 if mode == "uint8" else 4
-        if self.usage() + n * int(np.prod(item)) * itemsize > self.max_bytes:
-            return None
-        final = self.root / self.entry_name(fp)
-        tmp = self.root / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            with open(tmp / "images.bin", "wb") as f:
-                for items in iterate_in_order(source(fn), 64, num_workers):
-                    for a in items:
-                        if a.shape != item:
-                            return None  # sizes vary (no crop): not cacheable as one array
-                        f.write(np.ascontiguousarray(a).tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            if index.labels is not None:
-                np.save(tmp / "labels.npy", index.labels)
-            if index.captions is not None:
-                (tmp / "captions.json").write_text(json.dumps(index.captions))
-            meta = {"fingerprint": fp, "n": n, "mode": mode, "item_shape": list(item)}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / "meta.json").is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return self.get(fp, preprocess)

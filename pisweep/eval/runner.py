@@ -19,10 +19,12 @@ import numpy as np
 from ..atomic import atomic_open, atomic_write_json
 from ..errors import DataError, EvalError
 from . import registry
-from .datasets import DEFAULT_CACHE_MAX_BYTES, ImageCache, MissingData, TaskData, load_task
+from .datasets import MissingData, TaskData, load_task
+from .imagecache import DEFAULT_CACHE_MAX_BYTES, ImageCache
+from .zeroshot import CachedTokenizer, evaluate_task
 
 DONE, MISSING, FAILED = "done", "missing_data", "failed"
-#: progress(task key, stage, done, total); stage is "load", "classifier", "images" or a final status.
+#: progress(task key, stage, done, total); stage: "load", "cache", "classifier", "images" or a final status.
 ProgressFn = Callable[[str, str, int, int], None]
 
 
@@ -66,22 +68,24 @@ def read_per_example(path: Path) -> dict[str, np.ndarray]:
 class Evaluator:
     """Zero-shot suite for one model architecture; ``evaluate`` takes any number of its checkpoints."""
 
-    def __init__(self, model_name: str, model_config: dict | None, eval_root: Path,
+    def __init__(self, model_name: str, model_config: dict | None, eval_root: Path | None,
                  overrides: Mapping[str, str] | None = None, batch_size: int = 64, cache_dir: Path | None = None,
                  cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES, device: str | None = None, amp: bool = False,
-                 num_workers: int = 0, text_batch_size: int = 512, progress: ProgressFn | None = None):
+                 num_workers: int = 0, text_batch_size: int | None = None, progress: ProgressFn | None = None):
         import torch
 
-        from ..models import create_model
+        from ..models import create_model  # imports open_clip: only when an evaluator is built
 
         self.model_name, self.model_config = model_name, model_config
-        self.eval_root, self.overrides = Path(eval_root), dict(overrides or {})
+        self.eval_root = Path(eval_root) if eval_root is not None else None
+        self.overrides = dict(overrides or {})
         self.batch_size, self.num_workers, self.amp = int(batch_size), int(num_workers), bool(amp)
-        self.text_batch_size = int(text_batch_size)
+        self.text_batch_size = text_batch_size  # None: one text pass per class, as CLIP_benchmark
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.progress = progress or (lambda *a: None)
         self.cache = ImageCache(Path(cache_dir), cache_max_bytes) if cache_dir is not None else None
-        self.model, _, self.preprocess, self.tokenizer = create_model(model_name, model_config, None, "cpu")
+        self.model, _, self.preprocess, tokenizer = create_model(model_name, model_config, None, "cpu")
+        self.tokenizer = CachedTokenizer(tokenizer)  # the same texts at every checkpoint: tokenized once
         self.model.to(self.device).eval()
         self._tasks: dict[str, tuple[registry.Task, TaskData | MissingData, Path]] = {}
 
@@ -91,9 +95,14 @@ class Evaluator:
         if name in self._tasks:
             return self._tasks[name]
         task = registry.lookup(name)
-        folder = registry.resolve_folder(self.eval_root, task.key if task else name, self.overrides)
-        self.progress(task.key if task else name, "load", 0, 1)
-        data = load_task(folder, self.preprocess, self.cache, self.num_workers)
+        key = task.key if task else name
+        folder = self._folder(key)
+        self.progress(key, "load", 0, 1)
+        if folder is None:
+            return task, MissingData(Path(key), f"no eval data root configured for task {key!r} (set the eval "
+                                                "root, or an absolute folder override)"), Path(key)
+        data = load_task(folder, self.preprocess, self.cache, self.num_workers,
+                         lambda stage, done, total: self.progress(key, stage, done, total))
         if isinstance(data, MissingData):  # not remembered: looked for again next time
             return task, data, folder
         if task is None:
@@ -102,6 +111,12 @@ class Evaluator:
             raise EvalError(f"{folder}: dataset type {data.kind!r} but task {task.key!r} is {task.kind}")
         self._tasks[name] = (task, data, folder)
         return task, data, folder
+
+    def _folder(self, key: str) -> Path | None:
+        if self.eval_root is not None:
+            return registry.resolve_folder(self.eval_root, key, self.overrides)
+        override = Path(self.overrides[key]).expanduser() if key in self.overrides else None
+        return override if override is not None and override.is_absolute() else None
 
     # -- checkpoints
 
@@ -124,25 +139,23 @@ class Evaluator:
         return [self._evaluate_one(name, Path(weights_path), out_dir) for name in tasks]
 
     def _evaluate_one(self, name: str, weights: Path, out_dir: Path | None) -> TaskResult:
-        from .zeroshot import evaluate_task
-
         start = time.monotonic()
         if name in registry.PSEUDO_TASKS:
             return TaskResult(name, FAILED, f"{name} is not a zero-shot task (stage 1 reports it)")
         known = registry.lookup(name)
         key = known.key if known else name
-        folder = registry.resolve_folder(self.eval_root, key, self.overrides)
+        folder = self._folder(key)
         try:
             task, data, folder = self._load(name)
             if isinstance(data, MissingData):
                 self.progress(key, MISSING, 0, 0)
-                return TaskResult(key, MISSING, data.reason, str(data.path))
+                return TaskResult(key, MISSING, data.reason, str(data.path) if folder else None)
             report = lambda stage, done, total: self.progress(key, stage, done, total)  # noqa: E731
             values, per_example = evaluate_task(self.model, self.tokenizer, data, task.key, self.device, self.amp,
                                                 self.batch_size, self.num_workers, report, self.text_batch_size)
         except (EvalError, DataError) as e:
             self.progress(key, FAILED, 0, 0)
-            return TaskResult(key, FAILED, str(e), str(folder))
+            return TaskResult(key, FAILED, str(e), str(folder) if folder else None)
         result = TaskResult(task.key, DONE, None, str(folder), values, task.main_metric, values[task.main_metric],
                             n_examples=data.n)
         if out_dir is not None:
@@ -168,7 +181,7 @@ class Evaluator:
         result.per_example_path, result.json_path = str(npz), str(js)
 
 
-def evaluate_checkpoint(weights: Path, model_name: str, model_config: dict | None, eval_root: Path,
+def evaluate_checkpoint(weights: Path, model_name: str, model_config: dict | None, eval_root: Path | None,
                         tasks: list[str], overrides: Mapping[str, str] | None = None, out_dir: Path | None = None,
                         batch_size: int = 64, cache_dir: Path | None = None,
                         progress: ProgressFn | None = None, **kwargs: Any) -> list[TaskResult]:

@@ -4,7 +4,9 @@ The tensor operations follow CLIP_benchmark's (metrics/zeroshot_classification.p
 one for one, in the same order and shapes, so that the logits and scores are the same numbers; the
 metrics are then computed by :mod:`pisweep.eval.metrics` from compact per-example results. Default is
 fp32 without autocast (DataComp evaluates classification with amp=False); ``amp=True`` enables
-torch.autocast as CLIP_benchmark's default does.
+torch.autocast as CLIP_benchmark's default does. Measured against clip-benchmark 1.6.2 on the same
+checkpoint and folders (CPU, --no_amp): classifier and logits bit-identical, every per-example hit and
+every aggregate identical, ties included.
 """
 from __future__ import annotations
 
@@ -31,6 +33,44 @@ def _noop(stage: str, done: int, total: int) -> None:
     return None
 
 
+def torch_topk(block: np.ndarray, k: int) -> np.ndarray:
+    """CLIP_benchmark's top-k: torch.topk (largest, sorted) on the CPU, whose order among ties we keep."""
+    return torch.from_numpy(block).topk(k, dim=1, largest=True, sorted=True)[1].numpy()
+
+
+class CachedTokenizer:
+    """A tokenizer that remembers its answers, keyed by the exact list of texts.
+
+    Why: a warm :class:`~pisweep.eval.runner.Evaluator` tokenizes the same prompts and captions, in the same
+    lists, at every checkpoint, and tokens depend only on the text. Python BPE costs about a fifth of a tiny
+    model's epoch. The model gets equal token tensors (a copy each time), so every output is unchanged.
+    Memory is bounded by ``max_bytes`` of tokens (then the memo starts afresh).
+    """
+
+    def __init__(self, tokenizer: Callable, max_bytes: int = 1 << 30):
+        self.tokenizer, self.max_bytes = tokenizer, int(max_bytes)
+        self._memo: dict[tuple[str, ...], torch.Tensor] = {}
+        self._bytes = 0
+
+    def __call__(self, texts: Sequence[str] | str) -> torch.Tensor:
+        key = (texts,) if isinstance(texts, str) else tuple(texts)
+        tokens = self._memo.get(key)
+        if tokens is None:
+            tokens = self.tokenizer(texts)
+            size = tokens.numel() * tokens.element_size()
+            if self._bytes + size > self.max_bytes:
+                self._memo.clear()
+                self._bytes = 0
+            self._memo[key] = tokens
+            self._bytes += size
+        return tokens.clone()
+
+    def __getattr__(self, name: str):  # context_length, vocab_size... of the wrapped tokenizer
+        if name.startswith("__") or name in ("tokenizer", "_memo"):
+            raise AttributeError(name)
+        return getattr(self.tokenizer, name)
+
+
 def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
     """Per class, every template formatted with it (``template.format(c=name)``, as CLIP_benchmark)."""
     out = []
@@ -45,17 +85,18 @@ def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[list[st
 @torch.no_grad()
 def build_classifier(model: torch.nn.Module, tokenizer: Callable, classnames: Sequence[str],
                      templates: Sequence[str], device: str | torch.device = "cpu", amp: bool = False,
-                     text_batch_size: int = 512, progress: Progress = _noop) -> torch.Tensor:
+                     text_batch_size: int | None = None, progress: Progress = _noop) -> torch.Tensor:
     """(D, C) zero-shot classifier: per class, the re-normalized mean of its normalized prompt embeddings.
 
-    Several classes share one text forward pass (whole classes only); each class's normalize/mean/
-    normalize is then done on its own rows, exactly as CLIP_benchmark does per class.
+    By default one text forward pass per class, as CLIP_benchmark does: the classifier is then bit-identical
+    to its own. ``text_batch_size`` lets several whole classes share a pass (faster; the embeddings may
+    then differ in the last bits, since matrix kernels depend on the batch shape).
     """
     per_class = prompts(classnames, templates)
     n_t = len(templates)
     if n_t == 0 or not per_class:
         raise EvalError("zero-shot classifier needs at least one class name and one template")
-    step = max(1, text_batch_size // n_t)
+    step = max(1, (text_batch_size or 0) // n_t)
     columns = []
     for s in range(0, len(per_class), step):
         chunk = per_class[s:s + step]
@@ -85,7 +126,7 @@ def classify(model: torch.nn.Module, classifier: torch.Tensor, batches: Iterable
             logits = 100. * features @ classifier
         b = len(images)
         parts.append(metrics.classification_per_example(logits.float().cpu().numpy(), targets[done:done + b],
-                                                        n_classes))
+                                                        n_classes, topk=torch_topk))
         done += b
         progress("images", done, total)
     if done != total:
@@ -97,7 +138,11 @@ def classify(model: torch.nn.Module, classifier: torch.Tensor, batches: Iterable
 def retrieve(model: torch.nn.Module, tokenizer: Callable, batches: Iterable[torch.Tensor],
              captions: Sequence[Sequence[str]], device: str | torch.device = "cpu", amp: bool = False,
              progress: Progress = _noop) -> dict[str, np.ndarray]:
-    """Per-example retrieval ranks: images and their captions embedded batch by batch, then all-vs-all."""
+    """Per-example retrieval hits: images and their captions embedded batch by batch, then all-vs-all.
+
+    Scores and top-k are computed on the CPU in fp32 (CLIP_benchmark takes the top-k on the eval device and,
+    under amp, in half precision; both only matter for exactly tied scores).
+    """
     image_embs, text_embs, text_image_index = [], [], []
     done, total = 0, len(captions)
     for images in batches:
@@ -117,18 +162,19 @@ def retrieve(model: torch.nn.Module, tokenizer: Callable, batches: Iterable[torc
     if not text_embs:
         raise EvalError("retrieval task has no captions")
     scores = torch.cat(text_embs) @ torch.cat(image_embs).t()
-    return metrics.retrieval_per_example(scores.numpy(), np.asarray(text_image_index, dtype=np.int64))
+    return metrics.retrieval_per_example(scores.numpy(), np.asarray(text_image_index, dtype=np.int64),
+                                         registry.RECALL_K, topk=torch_topk)
 
 
 def evaluate_task(model: torch.nn.Module, tokenizer: Callable, data: TaskData, key: str,
                   device: str | torch.device = "cpu", amp: bool = False, batch_size: int = 64,
                   num_workers: int = 0, progress: Progress = _noop,
-                  text_batch_size: int = 512) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+                  text_batch_size: int | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """(metrics, per-example results) of one task folder; the classifier is built here, once per call."""
     batches = data.image_batches(batch_size, num_workers)
     if data.kind == registry.RETRIEVAL:
         per_example = retrieve(model, tokenizer, batches, data.captions, device, amp, progress)
-        return metrics.aggregate_retrieval(per_example, registry.RECALL_K), per_example
+        return metrics.aggregate_retrieval(per_example), per_example
     classnames, templates = class_prompts(data, key)
     classifier = build_classifier(model, tokenizer, classnames, templates, device, amp, text_batch_size, progress)
     if data.labels is not None and len(data.labels) and int(data.labels.max()) >= len(classnames):

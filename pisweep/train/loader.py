@@ -23,6 +23,7 @@ from .augment import apply_seeded
 from .determinism import (STREAM_AUGMENT, STREAM_LOADER, STREAM_SHARD_ORDER, STREAM_WINDOW, derive_seed, rng,
                           torch_generator)
 from .shards import SampleTable, read_range
+from .workers import ignore_stop_signals
 
 WINDOW = 1 << 18  # samples per shuffle window (~26 shards of 10k): part of the "seeded-shards-v1" definition
 
@@ -145,9 +146,11 @@ class ShardDataset(torch.utils.data.Dataset):
 def make_loader(dataset: torch.utils.data.Dataset, sampler: Any, workers: int, pin_memory: bool,
                 seed: int) -> torch.utils.data.DataLoader:
     """One DataLoader for the whole training: persistent workers, order preserved (in_order), and its own
-    generator, so creating an epoch's iterator does not draw from the global torch RNG."""
+    generator, so creating an epoch's iterator does not draw from the global torch RNG. Its workers ignore stop
+    signals (see workers.py): only the rank decides when to stop."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         generator=torch_generator(seed, STREAM_LOADER),
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None)

@@ -1,10 +1,11 @@
 """Stage-2 data: which webdataset shards make up a scale (the manifest), and where each sample lies in them.
 
 A scale of N samples is the first shards of the brace pattern, in order, that cover N; the last one is used only
-up to what is needed, so an epoch visits exactly N distinct samples. Shard sizes come from ``sizes.json`` next to
-the shards (webdataset/open_clip), from img2dataset's ``<shard>_stats.json`` ("successes"), or by reading the tar.
+up to what is needed, so the scale holds exactly N distinct samples (an epoch is N // global batch batches of
+them; see loader.py). Shard sizes come from ``sizes.json`` next to the shards (webdataset/open_clip), from
+img2dataset's ``<shard>_stats.json`` ("successes"), or by indexing the tar.
 
-Samples are read by random access (a header scan gives each member's offset), which is what lets the sample
+Samples are read by random access (tarindex.py gives each member's byte range), which is what lets the sample
 order be a pure function of (seed, epoch) whatever the number of loader workers.
 """
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +21,7 @@ from braceexpand import braceexpand
 
 from ..atomic import atomic_write_json
 from ..errors import TrainingError
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-TEXT_EXT = "txt"
+from .tarindex import IndexCache
 
 
 @dataclass(frozen=True)
@@ -86,16 +84,19 @@ def declared_size(path: str, cache: dict[Path, dict | None]) -> int | None:
     return None
 
 
-def plan_manifest(pattern: str, samples: int) -> Manifest:
-    """The first shards of ``pattern`` that cover ``samples`` (raises TrainingError when they do not)."""
+def plan_manifest(pattern: str, samples: int, index_cache: Path | None = None) -> Manifest:
+    """The first shards of ``pattern`` that cover ``samples`` (raises TrainingError when they do not).
+
+    A shard that no sizes file describes is counted by indexing it (cached in ``index_cache``)."""
     cache: dict[Path, dict | None] = {}
+    indexes = IndexCache(index_cache)
     chosen: list[ShardUse] = []
     covered = 0
     paths = expand_shards(pattern)
     for path in paths:
         size = declared_size(path, cache)
         if size is None:
-            size = len(index_tar(path))
+            size = len(indexes.get(path))
         if size <= 0:
             continue
         used = min(size, samples - covered)
@@ -104,60 +105,6 @@ def plan_manifest(pattern: str, samples: int) -> Manifest:
         if covered >= samples:
             return Manifest(pattern, samples, tuple(chosen))
     raise TrainingError(f"shards {pattern!r} hold {covered} samples, fewer than the {samples} asked for")
-
-
-@dataclass(frozen=True)
-class TarIndex:
-    """Byte ranges of each sample's image and caption inside one tar, in file order."""
-
-    img_off: np.ndarray
-    img_len: np.ndarray
-    txt_off: np.ndarray
-    txt_len: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.img_off)
-
-
-def _split_key(name: str) -> tuple[str, str]:
-    """webdataset's convention: the key is the path up to the first dot of the file name."""
-    folder, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
-
-
-def index_tar(path: str) -> TarIndex:
-    """Scan the headers of one webdataset tar; raise TrainingError naming the shard if it is unusable."""
-    rows: list[tuple[int, int, int, int]] = []
-    key, img, txt = None, None, None
-
-    def close() -> None:
-        if key is None:
-            return
-        if img is None or txt is None:
-            raise TrainingError(f"shard {path}: sample {key!r} lacks an image ({'/'.join(IMAGE_EXTS)}) or a .txt")
-        rows.append((img[0], img[1], txt[0], txt[1]))
-
-    try:
-        with tarfile.open(path, mode="r:") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                k, ext = _split_key(m.name)
-                if k.rpartition("/")[2].startswith((".", "__")):
-                    continue
-                if k != key:
-                    close()
-                    key, img, txt = k, None, None
-                if ext in IMAGE_EXTS and img is None:
-                    img = (m.offset_data, m.size)
-                elif ext == TEXT_EXT:
-                    txt = (m.offset_data, m.size)
-            close()
-    except (OSError, tarfile.TarError) as exc:
-        raise TrainingError(f"shard {path} is missing or unreadable: {exc}") from exc
-    arr = np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-    return TarIndex(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), arr[:, 3].copy())
 
 
 @dataclass(frozen=True)
@@ -180,19 +127,19 @@ class SampleTable:
         return np.bincount(self.shard, minlength=len(self.paths)).tolist()
 
 
-def build_table(manifest: Manifest) -> SampleTable:
+def build_table(manifest: Manifest, index_cache: Path | None = None, processes: int | None = None) -> SampleTable:
     """Index every shard of the manifest (checking it holds what the manifest says it uses)."""
-    parts: list[TarIndex] = []
-    for i, s in enumerate(manifest.shards):
-        idx = index_tar(s.path)
+    paths = [s.path for s in manifest.shards]
+    indexes = IndexCache(index_cache).get_many(paths, processes)
+    parts = []
+    for s, idx in zip(manifest.shards, indexes):
         if len(idx) < s.used or (s.used == s.size and len(idx) != s.size):
             raise TrainingError(f"shard {s.path} holds {len(idx)} samples, but its sizes file says {s.size}")
-        parts.append(TarIndex(idx.img_off[:s.used], idx.img_len[:s.used], idx.txt_off[:s.used],
-                              idx.txt_len[:s.used]))
+        parts.append(idx.rows[:s.used])
+    rows = np.concatenate(parts)
     shard = np.concatenate([np.full(len(p), i, dtype=np.int32) for i, p in enumerate(parts)])
-    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    return SampleTable(tuple(s.path for s in manifest.shards), shard, cat("img_off"), cat("img_len"),
-                       cat("txt_off"), cat("txt_len"))
+    return SampleTable(tuple(paths), shard, rows[:, 0].copy(), rows[:, 1].astype(np.int32),
+                       rows[:, 2].copy(), rows[:, 3].astype(np.int32))
 
 
 def read_range(fd: int, path: str, offset: int, length: int) -> bytes:

@@ -84,6 +84,8 @@ class _Stage1:
     def __init__(self, ctx: JobContext, study: Study, method: str, seed: int, root: Path, device: str):
         from ..data import nights  # written beside this module; imported late so this module imports alone
 
+        if ctx.world_size > 1:
+            raise TrainingError(f"job {ctx.uid}: stage 1 runs on one rank (it is small), not {ctx.world_size}")
         self.ctx, self.s1, self.method = ctx, study.stage1, method
         self.seed = seed + self.s1.seed_offset
         self.dev = setup_device(device)

@@ -7,29 +7,39 @@ the resume state holds the rest (model, optimizer, step, RNG), so a preempted ru
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
+from open_clip.loss import ClipLoss
 
 from ..errors import TrainingError
 from ..jobctx import JobContext, Preempted
 from ..models import create_model, unwrap, write_model_config
+from ..plan import eval_epochs
 from ..spec import Study
 from .augment import declip_train_transform, model_image_size, model_mean_std
 from .checkpoint import load_resume, save_resume, save_weights
 from .determinism import capture_rng_state, restore_rng_state, seed_everything
 from .loader import EpochBatchSampler, ShardDataset, make_loader
 from .optim import build_adamw, cosine_lr, set_lr
-from .runtime import any_rank, autocast, distributed, setup_device
+from .runtime import any_rank, autocast, distributed, rank0_first, setup_device
 from .shards import build_table, plan_manifest
 from .tracking import Tracker
 
 RESUME_EVERY_S = 600.0  # when stage2.checkpoint_every_steps is None: a resume state about every 10 minutes
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train clamps the learnable temperature at 100 after each step
 VISION_INITS = ("perceptual", "shuffled")
+# Fault injection for tests: at these steps (comma-separated) every rank waits, up to PAUSE_LIMIT_S, until it is
+# asked to stop, so that a test's real signal lands at a known step boundary.
+PAUSE_ENV = "PISWEEP_TEST_PAUSE_AT"
+PAUSE_LIMIT_S = 120.0
+log = logging.getLogger("pisweep.train")
 
 
 def build_model(study: Study, init: str, init_weights: Path | None, seed: int):
@@ -74,9 +84,13 @@ class _Stage2:
         self.ctx, self.study, self.s2 = ctx, study, study.stage2
         self.init, self.seed, self.epochs = init, seed, epochs
         self.dev = setup_device(device)
+        if ctx.world_size > 1 and not distributed():
+            raise TrainingError(f"job {ctx.uid}: world size {ctx.world_size} but torch.distributed is not "
+                                "initialized (launch the ranks with torchrun)")
         self.folder = Path(ctx.folder)
         self.resume_path = self.folder / "resume" / "state.pt"
-        self.manifest = plan_manifest(shards, samples)
+        index_cache = Path(study.output_root) / "cache" / "shard-index"  # shared by the runs of a study
+        self.manifest = rank0_first(ctx.rank, lambda: plan_manifest(shards, samples, index_cache))
         if ctx.rank == 0:
             self.manifest.write(self.folder / "data" / "manifest.json")
         self.global_batch = min(self.s2.global_batch_size, samples)
@@ -91,13 +105,17 @@ class _Stage2:
         self.optimizer = build_adamw(self.model.named_parameters(), self.s2.optim)
         self.epoch, self.batch, self.step = 1, 0, 0  # position: next batch to train
         self.loss_sum, self.loss_n = 0.0, 0  # running mean of this epoch's train loss
+        self.weights_epochs = set(range(1, epochs + 1)) if self.s2.keep_weights == "all" \
+            else set(eval_epochs(epochs, study.eval.every))
         state = load_resume(self.resume_path, self.fingerprint)
         if state is not None:
             self._restore(state)
+        self.start_step = self.step
+        self.pause_at = frozenset(int(x) for x in os.environ.get(PAUSE_ENV, "").split(",") if x.strip())
         size = model_image_size(model)
         mean, std = model_mean_std(model)
         transform = declip_train_transform(size, mean, std) if self.s2.augment else preprocess_val
-        table = build_table(self.manifest)
+        table = rank0_first(ctx.rank, lambda: build_table(self.manifest, index_cache))
         self.sampler = EpochBatchSampler(table.shard_counts, seed, self.global_batch, ctx.rank, ctx.world_size)
         dataset = ShardDataset(table, transform, tokenizer, seed)
         self.loader = make_loader(dataset, self.sampler, self.s2.workers, pin_memory=self.dev.type == "cuda",
@@ -106,23 +124,26 @@ class _Stage2:
         self.total_steps = self.per_epoch * epochs
         self.net = self.model
         if distributed():
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
-        from open_clip.loss import ClipLoss
+            ids = None
+            if self.dev.type == "cuda":
+                ids = [self.dev.index if self.dev.index is not None else torch.cuda.current_device()]
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         multi = ctx.world_size > 1
         self.loss_fn = ClipLoss(local_loss=multi, gather_with_grad=multi, cache_labels=True,
                                 rank=ctx.rank, world_size=ctx.world_size)
-        self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []
-        self.last_save = time.monotonic()
+        self.pending: list[tuple[int, float, torch.Tensor, torch.Tensor]] = []  # (step, lr, loss, scale)
+        self.last_save, self.window_t = time.monotonic(), time.perf_counter()
 
     # ---- state ------------------------------------------------------------------------------------------
     def _restore(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batch, self.step = state["pos"]["epoch"], state["pos"]["batch"], state["step"]
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch - 1
+        if state.get("done"):  # the completion marker of a finished run (keep_resume "until_done")
+            return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.batch, self.step = state["pos"]["epoch"], state["pos"]["batch"], state["step"]
         self.loss_sum, self.loss_n = state["loss_sum"], state["loss_n"]
         restore_rng_state(state["rng"])
-        self.ctx.step, self.ctx.epoch = self.step, self.epoch - 1
 
     def _check_weights(self) -> None:
         """Refuse to write non-finite weights (one sync; only when a file is about to be written)."""
@@ -134,16 +155,37 @@ class _Stage2:
     def _save_resume(self) -> None:
         if self.ctx.rank != 0:
             return
-        self._check_weights()
-        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "step": self.step, "pos": {"epoch": self.epoch, "batch": self.batch,
-                                            "samples": self.batch * self.global_batch},
-                 "loss_sum": self.loss_sum, "loss_n": self.loss_n, "rng": capture_rng_state(),
-                 "fingerprint": self.fingerprint}
+        pos = {"epoch": self.epoch, "batch": self.batch, "samples": self.batch * self.global_batch}
+        if self.epoch > self.epochs and self.s2.keep_resume == "until_done":
+            # Finished: nothing is left to resume, so keep only what says so (a re-run returns at once).
+            state = {"done": True, "step": self.step, "pos": pos, "fingerprint": self.fingerprint}
+        else:
+            self._check_weights()
+            state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "step": self.step, "pos": pos, "world_size": self.ctx.world_size,
+                     "loss_sum": self.loss_sum, "loss_n": self.loss_n, "rng": capture_rng_state(),
+                     "fingerprint": self.fingerprint}
         sha, nbytes = save_resume(self.resume_path, state)
         self.last_save = time.monotonic()
         self.ctx.emit("checkpoint", epoch=self.epoch - 1, kind="resume", path=str(self.resume_path),
                       sha256=sha, bytes=nbytes, step=self.step)
+
+    def _check_sync(self) -> None:
+        """With several ranks, check that their parameters are identical (a per-tensor sum, one collective per
+        epoch): a rank that drifted (a bug, a bad node) would otherwise go unnoticed until the results."""
+        if not distributed():
+            return
+        with torch.no_grad():
+            sums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
+        lo, hi = sums.clone(), sums.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        if not torch.equal(lo, hi):
+            bad = int((lo != hi).nonzero()[0])
+            name = [n for n, _ in self.model.named_parameters()][bad]
+            raise TrainingError(f"ranks diverged at epoch {self.epoch}: parameter {name} differs between ranks")
+        log.info("epoch %d: parameters identical on %d ranks (checksum %.17g)", self.epoch, self.ctx.world_size,
+                 float(sums.sum()))
 
     def _resume_due(self) -> bool:
         every = self.s2.checkpoint_every_steps
@@ -154,16 +196,41 @@ class _Stage2:
         return any_rank(time.monotonic() - self.last_save >= RESUME_EVERY_S, self.dev)
 
     def _stop_due(self) -> bool:
+        """Whether to stop at this step boundary. With several ranks this is a collective (every rank stops at
+        the same step), so it is asked every log_every_steps steps only."""
+        forced = self._pause()
         if not distributed():
             return self.ctx.should_stop()
-        return self.step % self.s2.log_every_steps == 0 and any_rank(self.ctx.should_stop(), self.dev)
+        if not forced and self.step % self.s2.log_every_steps:
+            return False
+        return any_rank(self.ctx.should_stop(), self.dev)
+
+    def _pause(self) -> bool:
+        """Test fault injection (PAUSE_ENV): wait at a listed step until asked to stop; True if this step is one."""
+        if self.step not in self.pause_at or self.step == self.start_step:
+            return False
+        if self.ctx.rank == 0:
+            (self.folder / f"paused-{self.step}").touch()
+        deadline = time.monotonic() + PAUSE_LIMIT_S
+        while not self.ctx.should_stop() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return True
 
     # ---- logging ----------------------------------------------------------------------------------------
-    def _flush(self, rate: float) -> None:
-        """Bring the pending per-step values to the host (one sync), check them, log them."""
+    def _flush(self) -> float:
+        """Bring the pending per-step values to the host (one sync), check them, log them; return the
+        throughput (samples/s) since the previous flush."""
+        now = time.perf_counter()
+        rate = len(self.pending) * self.global_batch / max(now - self.window_t, 1e-9)
+        self.window_t = now
         if not self.pending:
-            return
-        values = torch.stack([torch.stack([l.float(), s.float()]) for _, _, l, s in self.pending]).tolist()
+            return rate
+        values = torch.stack([torch.stack([l.float(), s.float()]) for _, _, l, s in self.pending])
+        if distributed():  # each rank's loss covers its own rows: log the mean over ranks (one collective)
+            losses = values[:, 0].contiguous()
+            dist.all_reduce(losses)
+            values[:, 0] = losses / self.ctx.world_size
+        values = values.tolist()
         for (step, lr, _, _), (loss, scale) in zip(self.pending, values):
             if not math.isfinite(loss):
                 raise TrainingError(f"non-finite loss at step {step} (epoch {self.epoch}); "
@@ -174,44 +241,50 @@ class _Stage2:
                               "train/samples_per_s": rate}, step=step)
         self.last_scale = values[-1][1]
         self.pending.clear()
+        return rate
 
     # ---- loop -------------------------------------------------------------------------------------------
     def run(self) -> None:
         config = {"init": self.init, "seed": self.seed, "epochs": self.epochs, "samples": self.manifest.samples,
                   "model": self.study.model.name, "stage2": self.study.stage2.model_dump(mode="json")}
+        if self.epoch > self.epochs:
+            return  # finished in an earlier attempt
+        self.last_scale = float(unwrap(self.model).logit_scale.detach().exp())
+        self.sampler.set_epoch(self.epoch, self.batch)
+        batches = iter(self.loader)  # fork the loader workers before wandb starts its threads
         self.tracker = Tracker.start(self.study.wandb.mode, self.study.wandb.project, self.ctx.uid,
                                      self.folder, config, self.ctx.rank)
-        self.last_scale = float(unwrap(self.model).logit_scale.detach().exp())
         try:
             while self.epoch <= self.epochs:
-                self._train_epoch()
+                self._train_epoch(batches)
+                batches = None
             self.tracker.finish(0)
         except BaseException:
             self.tracker.finish(1)
             raise
 
-    def _train_epoch(self) -> None:
-        self.sampler.set_epoch(self.epoch, self.batch)
+    def _train_epoch(self, batches: Iterator | None = None) -> None:
+        if batches is None:
+            self.sampler.set_epoch(self.epoch, self.batch)
+            batches = iter(self.loader)
         self.net.train()
-        window_t, window_n, epoch_t, epoch_n = time.perf_counter(), 0, time.perf_counter(), 0
+        epoch_t, epoch_n = time.perf_counter(), 0
+        self.window_t = epoch_t
         if self._stop_due():
             self._preempt()
-        for images, texts in self.loader:
+        for images, texts in batches:
             self._train_step(images, texts)
-            window_n += self.global_batch
             epoch_n += self.global_batch
-            last_of_epoch = self.batch == self.per_epoch
-            if self.step % self.s2.log_every_steps == 0 or last_of_epoch:
-                now = time.perf_counter()
-                self._flush(window_n / max(now - window_t, 1e-9))
-                window_t, window_n = now, 0
-            if last_of_epoch:
+            if self.batch == self.per_epoch:
                 break
+            if self.step % self.s2.log_every_steps == 0:
+                self._flush()
             if self._resume_due():
-                self._flush(0.0)
+                self._flush()
                 self._save_resume()
             if self._stop_due():
                 self._preempt()
+        self._flush()
         self._end_epoch(epoch_n / max(time.perf_counter() - epoch_t, 1e-9))
 
     def _train_step(self, images: torch.Tensor, texts: torch.Tensor) -> None:
@@ -235,17 +308,17 @@ class _Stage2:
         self.pending.append((self.step, lr, loss.detach(), scale.detach()))
 
     def _preempt(self) -> None:
-        self._flush(0.0)
+        self._flush()
         self._save_resume()
         raise Preempted(self.ctx.stop_signal or "stop request", self.step)
 
     def _end_epoch(self, rate: float) -> None:
-        self._flush(rate)
         e = self.epoch
         metrics = {"train_loss": self.loss_sum / max(self.loss_n, 1),
                    "lr": cosine_lr(max(self.step - 1, 0), self.total_steps, self.s2.optim),
                    "logit_scale": self.last_scale, "samples_per_s": rate}
-        if self.ctx.rank == 0:
+        self._check_sync()
+        if self.ctx.rank == 0 and e in self.weights_epochs:
             self._check_weights()
             path = self.folder / "checkpoints" / f"epoch_{e}.pt"
             sha, nbytes = save_weights(path, e, self.model)

@@ -24,7 +24,8 @@ class Tracker:
 
         run = wandb.init(project=project, id=uid, name=uid, resume="allow", dir=str(folder), mode=mode,
                          config=config, save_code=False, reinit="create_new",
-                         settings=wandb.Settings(console="off", disable_git=True, disable_code=True))
+                         settings=wandb.Settings(console="off", disable_git=True, disable_code=True,
+                                                 silent=True))
         return cls(run)
 
     @property
@@ -33,9 +34,22 @@ class Tracker:
 
     def log(self, data: dict[str, float], step: int) -> None:
         if self._run is not None:
-            self._run.log(data, step=step)
+            try:
+                self._run.log(data, step=step)
+            except Exception as exc:  # noqa: BLE001 - e.g. its service process was killed by a job-wide signal
+                self._give_up(exc)
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:
-            self._run.finish(exit_code=exit_code)
+            try:
+                self._run.finish(exit_code=exit_code)
+            except Exception as exc:  # noqa: BLE001
+                self._give_up(exc)
             self._run = None
+
+    def _give_up(self, exc: Exception) -> None:
+        """Logging never ends a training: the events and checkpoints are the record, wandb is a view of it."""
+        import logging
+
+        logging.getLogger("pisweep.train").warning("wandb logging stopped: %s: %s", type(exc).__name__, exc)
+        self._run = None

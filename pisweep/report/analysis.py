@@ -1,0 +1,320 @@
+"""The report's numbers, as one JSON-able dict: per (scale, epochs) group and comparison, the main benchmark per
+evaluated epoch with intervals and the emergence epoch, then every benchmark at the last epoch with Holm, win
+counts and sign tests, and retrieval recall in both directions. Definitions: DEFINITIONS and docs/statistics.md.
+
+Terminal mode computes the main benchmark's curve and the last epoch; ``full`` adds every benchmark at every
+epoch (for the HTML, Markdown and JSON outputs: small multiples, the delta heatmap, emergence against scale).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import PisweepError
+from ..eval import registry
+from .bootstrap import Interval
+from .data import Group, Run, StudyData, main_values, metric_values
+from .emergence import crossover_epoch, emergence_epoch, resamples_for_holm, sign_test, tally
+from .estimate import Estimator, interval_dict
+
+DEFINITIONS = {
+    "delta": "A − B of the task's main metric, each arm's value being the mean over its seeds (perceptual − random; "
+             "perceptual − shuffled when the study has a shuffled arm).",
+    "interval": "percentile interval of a paired bootstrap: examples are drawn with replacement once for all runs of "
+                "both arms (within class for mean per-class recall), seeds are drawn as pairs when both arms ran the "
+                "same seeds; fixed generator seed. Without per-example files: seeds only (weaker, marked).",
+    "p": "two-sided bootstrap p of delta = 0: min(1, 2 (1 + min(#{δ* ≤ 0}, #{δ* ≥ 0})) / (R + 1)).",
+    "emergence epoch": "first evaluated epoch from which the delta's lower bound is above zero at that epoch and at "
+                       "every later evaluated epoch; only epochs evaluated for every run of both arms count; none "
+                       "('not yet') when the last such epoch's bound is not above zero.",
+    "crossover epoch": "the same with the point delta instead of the lower bound.",
+    "win / loss / tie": "per task at the last epoch, from the Holm-adjusted p across the table's tasks: win when it "
+                        "is below alpha and the delta is positive, loss when negative, else tie.",
+    "win count": "tasks whose point delta is above zero (losses below, ties exactly zero), with an exact two-sided "
+                 "sign test of wins vs losses (ties dropped).",
+    "lost hours": "for an attempt that ended without saving (failed, timeout, vanished, cancelled) and was followed "
+                  "by another: the time after its last recorded checkpoint, redone by the next attempt.",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    main_task: str
+    resamples: int = 1000
+    holm_resamples: int | None = None  # None: enough for Holm across the table's tasks, rounded up to 1000s
+    seed: int = 0
+    level: float = 0.95
+    alpha: float = 0.05
+    full: bool = False
+    per_example: bool = True
+
+
+class ReportError(PisweepError):
+    """The report was asked for something the study does not have (a main task outside its suite...)."""
+
+    exit_code = 2
+
+
+def check_options(opts: Options, tasks: tuple[str, ...] | list[str]) -> Options:
+    if opts.main_task not in tasks:
+        raise ReportError(f"main task {opts.main_task!r} is not one of the study's tasks: {', '.join(tasks)}")
+    for name in ("resamples", "holm_resamples"):
+        v = getattr(opts, name)
+        if v is not None and v < 1:
+            raise ReportError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if not 0 < opts.level < 1 or not 0 < opts.alpha < 1:
+        raise ReportError(f"level and alpha must be in (0, 1), got {opts.level} and {opts.alpha}")
+    return opts
+
+
+def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Perceptual vs random, and vs shuffled when there is a shuffled arm (shuffled vs random without perceptual)."""
+    wanted = [("perceptual", "random"), ("perceptual", "shuffled")]
+    out = [c for c in wanted if c[0] in arms and c[1] in arms]
+    if not out and "shuffled" in arms and "random" in arms:
+        out = [("shuffled", "random")]
+    return out
+
+
+def cmp_key(c: tuple[str, str]) -> str:
+    return f"{c[0]}-{c[1]}"
+
+
+def holm_resamples(opts: Options, tasks: int) -> int:
+    if opts.holm_resamples:
+        return opts.holm_resamples
+    need = resamples_for_holm(tasks, opts.alpha)
+    return max(opts.resamples, int(math.ceil(need / 1000.0)) * 1000)
+
+
+class _Values:
+    """Main-value matrices (runs x epochs) per task, loaded once."""
+
+    def __init__(self, data: StudyData):
+        self.data, self.full, self.partial = data, {}, {}
+
+    def all_epochs(self, task: str) -> np.ndarray:
+        if task not in self.full:
+            self.full[task] = main_values(self.data, task)
+        return self.full[task]
+
+    def at(self, task: str, epochs: set[int]) -> np.ndarray:
+        if task in self.full:
+            return self.full[task]
+        key = (task, tuple(sorted(epochs)))
+        if key not in self.partial:
+            self.partial[key] = main_values(self.data, task, epochs)
+        return self.partial[key]
+
+
+def _column(m: np.ndarray, idx: np.ndarray, epoch: int) -> np.ndarray:
+    """The values of runs ``idx`` at ``epoch`` (NaN where missing)."""
+    if epoch >= m.shape[1] or len(idx) == 0:
+        return np.full(len(idx), np.nan)
+    return m[idx, epoch]
+
+
+def _idx(runs: list[Run]) -> np.ndarray:
+    return np.array([r.index for r in runs], dtype=np.int64)
+
+
+def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
+    est = Estimator(seed=opts.seed, level=opts.level, per_example=opts.per_example)
+    values = _Values(data)
+    cmps = comparisons(data.arms)
+    r_holm = holm_resamples(opts, len(data.tasks))
+    series_tasks = list(data.tasks) if opts.full else [opts.main_task]
+    groups, finalizers = [], []
+    for g in data.groups:
+        gr = _group_header(data, g)
+        gr["series"] = {}
+        for task in series_tasks:
+            s, fin = _series(data, est, g, task, values.all_epochs(task), cmps, opts.resamples)
+            gr["series"][task] = s
+            finalizers.append(fin)
+        groups.append(gr)
+    # The last epoch of each group: the last one evaluated for every run of the main task (or of any task).
+    for g, gr in zip(data.groups, groups):
+        gr["last_epoch"] = _last_epoch(gr["series"].get(opts.main_task), cmps)
+    if any(gr["last_epoch"] is None for gr in groups):
+        for g, gr in zip(data.groups, groups):
+            if gr["last_epoch"] is None:
+                gr["last_epoch"] = max((e for t in data.tasks if t != opts.main_task for e in
+                                        [_last_epoch(_series(data, None, g, t, values.all_epochs(t), cmps, 0)[0], cmps)]
+                                        if e is not None), default=None)
+    wanted = {gr["last_epoch"] for gr in groups if gr["last_epoch"] is not None}
+    tables = []
+    for g, gr in zip(data.groups, groups):
+        gr["last"] = {}
+        if gr["last_epoch"] is None:
+            continue
+        for c in cmps:
+            tables.append((gr, c, _last_table(data, est, g, gr["last_epoch"], c, values, wanted, r_holm,
+                                              opts.resamples)))
+    est.flush()
+    for fin in finalizers:
+        fin()
+    for gr, c, fin in tables:
+        gr["last"][cmp_key(c)] = fin(opts.alpha)
+    for gr in groups:
+        gr["main"] = gr["series"].get(opts.main_task)
+        if not opts.full:
+            gr.pop("series")
+    return {"main_task": opts.main_task, "main_metric": registry.get_task(opts.main_task).main_metric,
+            "comparisons": [cmp_key(c) for c in cmps], "arms": list(data.arms), "groups": groups,
+            "settings": {"resamples": opts.resamples, "holm_resamples": r_holm, "level": opts.level,
+                         "alpha": opts.alpha, "seed": opts.seed, "full": opts.full},
+            "method": {"intervals": dict(est.methods), "fallbacks": dict(est.fallbacks),
+                       "fallback_examples": dict(est.fallback_example)},
+            "definitions": DEFINITIONS}
+
+
+def _group_header(data: StudyData, g: Group) -> dict[str, Any]:
+    arms = {}
+    for arm in data.arms:
+        runs = data.runs_of(g, arm)
+        arms[arm] = {"planned": len(runs), "seeds": [r.seed for r in runs],
+                     "completed": sum(r.state == "completed" for r in runs)}
+    planned = sorted({e for r in data.runs_of(g) for e in r.eval_epochs})
+    return {"key": g.key, "scale": g.scale, "epochs": g.epochs, "samples": g.samples, "arms": arms,
+            "planned_epochs": planned}
+
+
+def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.ndarray,
+            cmps: list[tuple[str, str]], resamples: int) -> tuple[dict[str, Any], Callable[[], None]]:
+    """One task over the evaluated epochs of one group: arm means, intervals per comparison, emergence."""
+    meta = registry.get_task(task)
+    runs = {arm: data.runs_of(g, arm) for arm in data.arms}
+    sub = {arm: m[_idx(r)] if r else np.full((0, m.shape[1]), np.nan) for arm, r in runs.items()}
+    fin = {arm: np.isfinite(v) for arm, v in sub.items()}
+    any_epoch = np.zeros(m.shape[1], bool)
+    for f in fin.values():
+        any_epoch |= f.any(axis=0)
+    epochs = [int(e) for e in np.flatnonzero(any_epoch)]
+    rows = []
+    for e in epochs:
+        row: dict[str, Any] = {"epoch": e, "arms": {}, "deltas": {}, "complete": {}}
+        for arm in runs:
+            vals = sub[arm][fin[arm][:, e], e]
+            row["arms"][arm] = {"mean": float(vals.mean()) if len(vals) else None, "n": int(len(vals)),
+                                "planned": len(runs[arm]), "lo": None, "hi": None}
+        rows.append(row)
+    planned = sorted({x for r in data.runs_of(g) for x in r.eval_epochs})
+    s: dict[str, Any] = {"task": task, "name": meta.display_name, "kind": meta.kind, "metric": meta.main_metric,
+                         "rows": rows, "emergence": {}, "pending_epochs": [e for e in planned if e not in epochs]}
+    part = {arm: f.any(axis=1) for arm, f in fin.items()}  # runs with any result of this task
+    for row in rows:  # epochs outside, comparisons inside: an epoch's per-example files are read once
+        e = row["epoch"]
+        for c in cmps:
+            a, b = c
+            part_a, part_b = part[a], part[b]
+            ok_a, ok_b = fin[a][:, e], fin[b][:, e]
+            # complete: every run of both arms that has a result of this task has one here (and both arms have)
+            row["complete"][cmp_key(c)] = bool(part_a.any() and part_b.any() and ok_a[part_a].all()
+                                               and ok_b[part_b].all())
+            if ok_a.any() and ok_b.any() and est is not None:
+                ia, ib = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
+                est.request(task, meta.main_metric, e, [runs[a][i] for i in ia], [runs[b][i] for i in ib],
+                            sub[a][ia, e].tolist(), sub[b][ib, e].tolist(), resamples, _store(row, c, len(ia), len(ib)))
+    if est is None:  # only the completeness was wanted
+        for c in cmps:
+            s["emergence"][cmp_key(c)] = {"epochs_used": [r["epoch"] for r in rows if r["complete"][cmp_key(c)]]}
+
+    def finalize() -> None:
+        for c in cmps:
+            k = cmp_key(c)
+            used = [r for r in rows if r["complete"][k] and r["deltas"].get(k)]
+            ep = [r["epoch"] for r in used]
+            emerge = emergence_epoch(ep, [r["deltas"][k]["lo"] for r in used])
+            cross = crossover_epoch(ep, [r["deltas"][k]["delta"] for r in used])
+            s["emergence"][k] = {"emergence_epoch": emerge, "crossover_epoch": cross, "epochs_used": ep,
+                                 "provisional": emerge is not None and (emerge == ep[-1] or ep[-1] < g.epochs),
+                                 "through_epoch": ep[-1] if ep else None, "budget": g.epochs}
+        for row in rows:
+            for c in cmps:
+                d = row["deltas"].get(cmp_key(c))
+                for arm, lo, hi in ((c[0], "lo_a", "hi_a"), (c[1], "lo_b", "hi_b")):
+                    if d and row["arms"][arm]["lo"] is None:
+                        row["arms"][arm]["lo"], row["arms"][arm]["hi"] = d[lo], d[hi]
+    return s, finalize
+
+
+def _store(row: dict[str, Any], c: tuple[str, str], n_a: int, n_b: int) -> Callable[[Interval], None]:
+    def done(iv: Interval) -> None:
+        row["deltas"][cmp_key(c)] = interval_dict(iv, n_a, n_b)
+    return done
+
+
+def _last_epoch(series: dict[str, Any] | None, cmps: list[tuple[str, str]]) -> int | None:
+    if not series or not series["rows"]:
+        return None
+    if not cmps:
+        return max(r["epoch"] for r in series["rows"])
+    used = series["emergence"].get(cmp_key(cmps[0]), {}).get("epochs_used")
+    if used is None:
+        used = [r["epoch"] for r in series["rows"] if r["complete"][cmp_key(cmps[0])]]
+    return max(used) if used else None
+
+
+def _last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[str, str], values: _Values,
+                wanted: set[int], r_holm: int, resamples: int) -> Callable[[float], dict[str, Any]]:
+    """Every task at ``epoch``: both arms, delta, interval (R = r_holm), and retrieval recall@k both ways."""
+    a_runs, b_runs = data.runs_of(g, c[0]), data.runs_of(g, c[1])
+    idx_a, idx_b = _idx(a_runs), _idx(b_runs)
+    rows, retrieval = [], []
+
+    def ask(task: str, metric: str, va: np.ndarray, vb: np.ndarray, r: int, done: Callable[[Interval], None]) -> None:
+        ia, ib = np.flatnonzero(np.isfinite(va)), np.flatnonzero(np.isfinite(vb))
+        if len(ia) and len(ib):
+            est.request(task, metric, epoch, [a_runs[i] for i in ia], [b_runs[i] for i in ib], va[ia].tolist(),
+                        vb[ib].tolist(), r, done)
+
+    for task in data.tasks:
+        meta = registry.get_task(task)
+        m = values.at(task, wanted)
+        va, vb = _column(m, idx_a, epoch), _column(m, idx_b, epoch)
+        row = {"task": task, "name": meta.display_name, "kind": meta.kind, "metric": meta.main_metric,
+               "n_a": int(np.isfinite(va).sum()), "n_b": int(np.isfinite(vb).sum()), "planned_a": len(a_runs),
+               "planned_b": len(b_runs), "interval": None}
+        rows.append(row)
+        ask(task, meta.main_metric, va, vb, r_holm,
+            lambda iv, row=row: row.__setitem__("interval", interval_dict(iv, row["n_a"], row["n_b"])))
+        if meta.kind == registry.RETRIEVAL:
+            names = [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in registry.RECALL_K]
+            both = metric_values(data, task, names, epoch)
+            for name in names:
+                rrow = {"task": task, "name": meta.display_name, "metric": name,
+                        "direction": "text→image" if name.startswith("image") else "image→text",
+                        "k": int(name.rsplit("@", 1)[1]), "interval": None}
+                retrieval.append(rrow)
+                ask(task, name, both[name][idx_a], both[name][idx_b], resamples,
+                    lambda iv, rrow=rrow: rrow.__setitem__("interval", interval_dict(iv)))
+
+    def finalize(alpha: float) -> dict[str, Any]:
+        ivs = {r["task"]: r["interval"] for r in rows if r["interval"] and math.isfinite(r["interval"]["delta"])}
+        t = tally({k: _as_interval(v) for k, v in ivs.items()}, alpha=alpha)
+        for r in rows:
+            if r["task"] in ivs:
+                r["p_holm"] = t.p_adjusted[r["task"]]
+                r["outcome"] = t.outcome[r["task"]]
+        counts: dict[str, Any] = {}
+        for kind in (registry.CLASSIFICATION, registry.RETRIEVAL, "all"):
+            sel = [r for r in rows if r["task"] in ivs and (kind == "all" or r["kind"] == kind)]
+            w = sum(ivs[r["task"]]["delta"] > 0 for r in sel)
+            lo = sum(ivs[r["task"]]["delta"] < 0 for r in sel)
+            planned = sum(1 for r in rows if kind == "all" or r["kind"] == kind)
+            counts[kind] = {"wins": w, "losses": lo, "ties": len(sel) - w - lo, "with_results": len(sel),
+                            "planned": planned, "sign_p": sign_test(w, lo),
+                            "significant": {o: sum(1 for r in sel if r.get("outcome") == o)
+                                            for o in ("win", "loss", "tie")}}
+        return {"epoch": epoch, "final": epoch == g.epochs, "resamples": r_holm, "tasks": rows,
+                "tally": counts, "holm_attainable": t.holm_attainable, "alpha": alpha, "retrieval": retrieval}
+    return finalize
+
+
+def _as_interval(d: dict[str, Any]) -> Interval:
+    return Interval(d["mean_a"], d["lo_a"], d["hi_a"], d["mean_b"], d["lo_b"], d["hi_b"], d["delta"], d["lo"], d["hi"],
+                    d["p"], 0.95, d["resamples"], d["method"], d["n_a"], d["n_b"])

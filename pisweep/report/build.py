@@ -1,0 +1,91 @@
+"""One study's report as a JSON-able dict: the analysis, coverage, cost, and the per-benchmark curves."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..datapaths import resolve
+from ..ledger.db import Ledger
+from ..plan import Plan
+from ..spec import Study
+from .analysis import Options, analyze
+from .coverage import coverage
+from .cost import cost
+from .data import StudyData, load_study, main_values
+
+NIGHTS_TASK, NIGHTS_VERSION = "nights_2afc", "nights-1"  # eval_job's NIGHTS 2AFC pseudo-task (not in the suite)
+
+
+def build_report(ledger: Ledger, study: Study, plan: Plan, suite_version: str, opts: Options,
+                 now: float | None = None) -> dict[str, Any]:
+    data = load_study(ledger, study, plan, suite_version, opts.main_task)
+    rep: dict[str, Any] = {"study": plan.study, "ledger": str(ledger.path), "suite_version": suite_version,
+                           "runs_planned": len(plan.runs), "tasks_planned": list(plan.tasks)}
+    rep.update(analyze(data, opts))
+    paths = resolve(study, generate=False)
+    rep["coverage"] = coverage(data, rep, paths.eval_root, dict(study.eval.folders))
+    rep["cost"] = cost(data, now)
+    rep["curves"] = curves(data, rep)
+    rep["emergence_by_scale"] = emergence_by_scale(rep)
+    return rep
+
+
+def curves(data: StudyData, rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Arm means over seeds per epoch, and each arm's delta against random (every task in full mode, else the
+    main one), plus NIGHTS 2AFC when recorded: the walking skeleton's table, kept for scripts."""
+    out = []
+    for gr in rep["groups"]:
+        series = gr.get("series") or ({rep["main_task"]: gr["main"]} if gr.get("main") else {})
+        for task, s in series.items():
+            rows = [(r["epoch"], {a: (v["mean"], v["n"]) for a, v in r["arms"].items()}) for r in s["rows"]]
+            out.append(_curve(task, s["metric"], gr, rows))
+    m = main_values(data, NIGHTS_TASK, suite_version=NIGHTS_VERSION)
+    if np.isfinite(m).any():
+        for g, gr in zip(data.groups, rep["groups"]):
+            rows = []
+            for e in range(m.shape[1]):
+                per = {}
+                for arm in data.arms:
+                    vals = [m[r.index, e] for r in data.runs_of(g, arm) if math.isfinite(m[r.index, e])]
+                    per[arm] = (float(np.mean(vals)) if vals else None, len(vals))
+                if any(n for _, n in per.values()):
+                    rows.append((e, per))
+            if rows:
+                out.append(_curve(NIGHTS_TASK, "nights_val_2afc", gr, rows))
+    return out
+
+
+def _curve(task: str, metric: str, gr: dict[str, Any], rows: list[tuple[int, dict[str, tuple]]]) -> dict[str, Any]:
+    arms = [a for a in gr["arms"] if any(per.get(a, (None, 0))[1] for _, per in rows)]
+    out_rows = []
+    for epoch, per in rows:
+        row: dict[str, Any] = {"epoch": epoch}
+        for arm in arms:
+            row[arm], row[f"{arm}_n"] = per.get(arm, (None, 0))
+        for arm in arms:
+            if arm != "random" and "random" in arms:
+                base = row["random"]
+                row[f"delta_{arm}"] = row[arm] - base if row[arm] is not None and base is not None else None
+        out_rows.append(row)
+    return {"task": task, "metric": metric, "scale": gr["scale"], "epochs": gr["epochs"], "arms": arms,
+            "rows": out_rows}
+
+
+def emergence_by_scale(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """Emergence and crossover epochs per group, comparison and task (the main task first): the data for
+    "improvements manifest at different stages depending on the data"."""
+    out = []
+    for gr in rep["groups"]:
+        series = gr.get("series") or ({rep["main_task"]: gr["main"]} if gr.get("main") else {})
+        for task, s in sorted(series.items(), key=lambda kv: kv[0] != rep["main_task"]):
+            if not s["rows"]:
+                continue
+            for k, e in s["emergence"].items():
+                out.append({"group": gr["key"], "scale": gr["scale"], "samples": gr["samples"],
+                            "epochs": gr["epochs"], "comparison": k, "task": task,
+                            "main": task == rep["main_task"], "emergence_epoch": e.get("emergence_epoch"),
+                            "crossover_epoch": e.get("crossover_epoch"), "through_epoch": e.get("through_epoch"),
+                            "provisional": e.get("provisional", False)})
+    return out

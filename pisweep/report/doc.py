@@ -1,0 +1,332 @@
+"""The report as a neutral document (headings, paragraphs, tables, figure slots), rendered by render_terminal.py
+(rich), export.py (Markdown) and html.py, so the three say the same things in the same order. Pure."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..eval import registry
+
+GOOD, BAD, DIM, WARN, PLAIN = "good", "bad", "dim", "warn", ""
+RUN_TABLE_LIMIT = 40  # runs listed one by one in the cost section
+
+
+@dataclass
+class Cell:
+    text: str
+    tone: str = PLAIN
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[tuple[str, str]]  # (name, "left" | "right")
+    rows: list[list[Cell]] = field(default_factory=list)
+
+
+@dataclass
+class Block:
+    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "figure"
+    text: str = ""
+    tone: str = PLAIN
+    table: Table | None = None
+    figure: str | None = None  # figure slot: "curves:<group key>", "heatmap:<group key>", "emergence"
+    group: dict[str, Any] | None = None
+
+
+def num(v: float | None, digits: int = 4) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def signed(v: float | None, digits: int = 4) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.{digits}f}"
+
+
+def interval(lo: float | None, hi: float | None, sign: bool = False) -> str:
+    f = signed if sign else num
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return ""
+    return f"[{f(lo, 3)}, {f(hi, 3)}]"
+
+
+def hours(v: float) -> str:
+    return f"{v:.2f}" if v >= 1 else f"{v:.3g}"
+
+
+def pval(p: float | None) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "—"
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
+def tone_of(d: dict[str, Any] | None) -> str:
+    if not d or d.get("lo") is None or (isinstance(d["lo"], float) and math.isnan(d["lo"])):
+        return PLAIN
+    return GOOD if d["lo"] > 0 else BAD if d["hi"] < 0 else PLAIN
+
+
+def epochs_text(epochs: list[int]) -> str:
+    """1, 2, 3, 5, 6 -> "1–3, 5–6"."""
+    if not epochs:
+        return "none"
+    parts, start, prev = [], epochs[0], epochs[0]
+    for e in epochs[1:] + [None]:
+        if e is not None and e == prev + 1:
+            prev = e
+            continue
+        parts.append(str(start) if start == prev else f"{start}–{prev}")
+        if e is not None:
+            start = prev = e
+    return ", ".join(parts)
+
+
+def arm_names(cmp: str) -> tuple[str, str]:
+    a, b = cmp.split("-", 1)
+    return a, b
+
+
+def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
+    """Every section of the report; ``figures`` adds figure slots (HTML)."""
+    s = rep["settings"]
+    main = registry.get_task(rep["main_task"])
+    out = [Block("h1", f"pisweep report · study {rep['study']}")]
+    out.append(Block("p", f"main benchmark {main.display_name} ({rep['main_task']}, {rep['main_metric']}) · "
+                          f"{int(s['level'] * 100)}% intervals · {s['resamples']} bootstrap resamples per epoch, "
+                          f"{s['holm_resamples']} for the last-epoch table (Holm across its tasks, alpha "
+                          f"{s['alpha']}) · generator seed {s['seed']} · suite v{rep['suite_version']}"))
+    out.append(Block("p", method_text(rep), WARN if rep["method"]["fallbacks"] else PLAIN))
+    cov = rep["coverage"]
+    if cov["still_running"]:
+        out.append(Block("p", "Study still running or incomplete: this is what is known so far; what is missing is "
+                              "marked (* partial epoch) and listed under Coverage.", WARN))
+    for gr in rep["groups"]:
+        out += group_blocks(rep, gr, figures)
+    if figures:
+        out += [Block("h2", "Emergence against data scale"),
+                Block("p", "Improvements manifest at different stages depending on the data: the emergence epoch "
+                           "of each group (main benchmark; other benchmarks faint), 'none' when not yet."),
+                Block("figure", figure="emergence")]
+    out += coverage_blocks(rep) + cost_blocks(rep) + definition_blocks(rep)
+    return out
+
+
+METHODS = {"examples": "per-example bootstrap (one seed per arm)",
+           "examples+paired-seeds": "per-example bootstrap, seeds paired",
+           "examples+seeds": "per-example bootstrap, seeds resampled per arm",
+           "paired-seeds": "seed-level bootstrap, seeds paired (fallback)",
+           "seeds": "seed-level bootstrap (fallback)"}
+
+
+def method_text(rep: dict[str, Any]) -> str:
+    m = rep["method"]
+    done = ", ".join(f"{METHODS.get(k, k)}: {n}" for k, n in sorted(m["intervals"].items())) or "none yet"
+    text = f"intervals: {done}."
+    if m["fallbacks"]:
+        why = "; ".join(f"{k} ({n}, e.g. {m['fallback_examples'].get(k, '')})" for k, n in m["fallbacks"].items())
+        text += (" Seed-level bootstrap from the ledger's per-run values where per-example results were not usable: "
+                 + why + ". Seed-level intervals ignore the test set's noise (weaker), and are undefined with one "
+                         "seed per arm.")
+    return text
+
+
+def group_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list[Block]:
+    cmps = rep["comparisons"]
+    scale = f"scale {gr['scale']}" + (f" ({gr['samples']:,} samples/epoch)" if gr.get("samples") else "")
+    out = [Block("h2", f"{scale} · {gr['epochs']} epochs", group=gr)]
+    main = gr.get("main")
+    arms = list(gr["arms"])
+    cols = [("epoch", "right")] + [(a, "right") for a in arms]
+    for c in cmps:
+        cols += [(f"Δ {c.replace('-', '−')}", "right"), ("p", "right")]
+    cols.append(("runs", "right"))
+    t = Table(f"{registry.get_task(rep['main_task']).display_name} ({rep['main_metric']}) per evaluated epoch: "
+              f"mean over seeds [{int(rep['settings']['level'] * 100)}% interval]", cols)
+    for row in (main or {}).get("rows", []):
+        complete = all(row["complete"].values()) if row["complete"] else True
+        cells = [Cell(f"{row['epoch']}" + ("" if complete else "*"))]
+        for a in arms:
+            v = row["arms"][a]
+            cells.append(Cell(f"{num(v['mean'])} {interval(v['lo'], v['hi'])}".strip() if v["n"] else "—"))
+        for c in cmps:
+            d = row["deltas"].get(c)
+            cells += [Cell(f"{signed(d['delta'])} {interval(d['lo'], d['hi'], True)}".strip() if d else "—",
+                           tone_of(d)), Cell(pval(d["p"]) if d else "—")]
+        cells.append(Cell(" ".join(f"{row['arms'][a]['n']}/{row['arms'][a]['planned']}" for a in arms)))
+        t.rows.append(cells)
+    if main and main["rows"]:
+        out.append(Block("table", table=t))
+    else:
+        out.append(Block("p", f"no result of {rep['main_task']} yet in this group.", WARN))
+    for c in cmps:
+        e = (main or {}).get("emergence", {}).get(c)
+        if e is not None:
+            out.append(Block("p", emergence_text(c, e), GOOD if e.get("emergence_epoch") else PLAIN))
+    if main and main["pending_epochs"]:
+        out.append(Block("p", f"not evaluated yet: epochs {epochs_text(main['pending_epochs'])}", DIM))
+    if figures and gr.get("series"):
+        out += [Block("h3", "Every benchmark per epoch (mean, interval band)"),
+                Block("figure", figure=f"curves:{gr['key']}"),
+                Block("h3", "Delta heatmap (benchmark × epoch)"), Block("figure", figure=f"heatmap:{gr['key']}")]
+    for c in cmps:
+        last = gr.get("last", {}).get(c)
+        if last:
+            out += last_blocks(rep, gr, c, last)
+    if gr.get("last_epoch") is None:
+        out.append(Block("p", "no epoch evaluated for every run yet: no last-epoch table.", WARN))
+    return out
+
+
+def emergence_text(c: str, e: dict[str, Any]) -> str:
+    a, b = arm_names(c)
+    used = e.get("epochs_used") or []
+    if not used:
+        return f"emergence ({a} vs {b}): no epoch evaluated for every run yet"
+    span = f"over epochs {epochs_text(used)} of {e.get('budget')}"
+    cross = e.get("crossover_epoch")
+    cross_t = f"crossover epoch {cross}" if cross is not None else "no crossover (the mean delta is not above zero "\
+                                                                   "through the last epoch)"
+    if e.get("emergence_epoch") is None:
+        return f"emergence epoch ({a} − {b}): not yet ({span}) · {cross_t}"
+    prov = " (provisional: the last evaluated epoch or short of the budget)" if e.get("provisional") else ""
+    return f"emergence epoch ({a} − {b}): {e['emergence_epoch']}{prov} {span} · {cross_t}"
+
+
+def last_blocks(rep: dict[str, Any], gr: dict[str, Any], c: str, last: dict[str, Any]) -> list[Block]:
+    a, b = arm_names(c)
+    state = "final" if last["final"] else f"budget {gr['epochs']}: still running"
+    t = Table(f"epoch {last['epoch']} ({state}) · every benchmark · {a} vs {b} · {last['resamples']} resamples",
+              [("benchmark", "left"), ("metric", "left"), (b, "right"), (a, "right"), ("Δ [interval]", "right"),
+               ("p", "right"), ("p Holm", "right"), ("outcome", "left"), ("runs", "right")])
+    missing = []
+    for r in last["tasks"]:
+        iv = r["interval"]
+        if not iv:
+            missing.append(r["task"])
+            continue
+        o = r.get("outcome", "tie")
+        t.rows.append([Cell(r["name"]), Cell(r["metric"]), Cell(num(iv["mean_b"])), Cell(num(iv["mean_a"])),
+                       Cell(f"{signed(iv['delta'])} {interval(iv['lo'], iv['hi'], True)}".strip(), tone_of(iv)),
+                       Cell(pval(iv["p"])), Cell(pval(r.get("p_holm"))),
+                       Cell(o, GOOD if o == "win" else BAD if o == "loss" else PLAIN),
+                       Cell(f"{r['n_a']}/{r['planned_a']} {r['n_b']}/{r['planned_b']}")])
+    out = [Block("table", table=t)] if t.rows else []
+    if missing:
+        out.append(Block("p", f"no result at epoch {last['epoch']} ({len(missing)}): {', '.join(missing)} "
+                              "(reasons under Coverage)", WARN))
+    tl = last["tally"]
+    parts = []
+    for kind in ("classification", "retrieval"):
+        k = tl[kind]
+        if k["planned"]:
+            parts.append(f"{k['wins']}/{k['with_results']} {kind} (of {k['planned']} planned; sign test "
+                         f"p = {pval(k['sign_p'])})")
+    al = tl["all"]
+    sig = al["significant"]
+    out.append(Block("p", f"wins ({a} > {b}): " + ", ".join(parts) + f"; all {al['wins']}/{al['with_results']} "
+                          f"(p = {pval(al['sign_p'])}) · after Holm at {last['alpha']}: {sig['win']} wins, "
+                          f"{sig['loss']} losses, {sig['tie']} ties"))
+    if not last["holm_attainable"]:
+        out.append(Block("p", f"with {last['resamples']} resamples no task can pass Holm across "
+                              f"{al['with_results']} tasks (use more resamples: --resamples)", WARN))
+    rr = [r for r in last["retrieval"] if r["interval"]]
+    absent = sorted({f"{r['name']} {r['direction']} R@{r['k']}" for r in last["retrieval"] if not r["interval"]})
+    if absent:
+        out.append(Block("p", f"no retrieval recall at epoch {last['epoch']} for: {', '.join(absent)}", WARN))
+    if rr:
+        t2 = Table(f"retrieval recall@k at epoch {last['epoch']} · {a} vs {b}",
+                   [("benchmark", "left"), ("direction", "left"), ("k", "right"), (b, "right"), (a, "right"),
+                    ("Δ [interval]", "right"), ("p", "right")])
+        for r in rr:
+            iv = r["interval"]
+            t2.rows.append([Cell(r["name"]), Cell(r["direction"]), Cell(str(r["k"])),
+                            Cell(num(iv["mean_b"]) if iv else "—"), Cell(num(iv["mean_a"]) if iv else "—"),
+                            Cell(f"{signed(iv['delta'])} {interval(iv['lo'], iv['hi'], True)}".strip() if iv else
+                                 "no result", tone_of(iv)), Cell(pval(iv["p"]) if iv else "—")])
+        out.append(Block("table", table=t2))
+    return out
+
+
+def coverage_blocks(rep: dict[str, Any]) -> list[Block]:
+    cov = rep["coverage"]
+    states = ", ".join(f"{n} {k}" for k, n in sorted(cov["run_states"].items()))
+    out = [Block("h2", "Coverage"),
+           Block("p", f"runs: {cov['runs_with_main_results']}/{cov['runs_planned']} with results of "
+                      f"{rep['main_task']} ({states}) · benchmarks with results: {len(cov['tasks_with_results'])}/"
+                      f"{cov['tasks_planned']} · evals queued or running: {cov['evals_open']}")]
+    if cov["runs_without_main_results"]:
+        listed = cov["runs_without_main_results_list"][:20]
+        more = cov["runs_without_main_results"] - len(listed)
+        out.append(Block("p", f"missing cells ({cov['runs_without_main_results']} runs without results of "
+                              f"{rep['main_task']}): " + ", ".join(f"{r['label']} ({r['state']}"
+                                                                    + (f": {r['reason']}" if r["reason"] else "") + ")"
+                                                                    for r in listed)
+                         + (f", and {more} more" if more > 0 else ""), WARN))
+    if cov["datasets_missing"]:
+        out.append(Block("p", f"missing datasets ({len(cov['datasets_missing'])}): "
+                              + ", ".join(f"{t} ({_short(w)})" for t, w in cov["datasets_missing"].items())
+                              + _under(cov["datasets_missing"].values()), WARN))
+    if cov["evals_failed"]:
+        out.append(Block("p", "failed evals: " + ", ".join(
+            f"{t}: {f['evals']} ({f['reason']})" for t, f in cov["evals_failed"].items()), BAD))
+    other = [t for t in cov["tasks_without_results"]
+             if t not in cov["datasets_missing"] and t not in cov["evals_failed"]]
+    if other:
+        out.append(Block("p", f"benchmarks not evaluated yet: {', '.join(other)}", WARN))
+    for g in cov["groups_short_of_budget"]:
+        out.append(Block("p", f"group {g['group']}: last epoch evaluated for every run is "
+                              f"{g['last_epoch'] if g['last_epoch'] is not None else 'none'} of {g['budget']}", WARN))
+    return out
+
+
+_PATH = re.compile(r"(/[^\s:,()]+)+")
+
+
+def _short(reason: str | None) -> str:
+    """A reason with its paths cut to their last part (the folder is named; the parent is said once)."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], reason or "?")
+
+
+def _under(reasons: Any) -> str:
+    parents = set()
+    for r in reasons:
+        m = _PATH.search(r or "")
+        if m:
+            parents.add(m.group(0).rstrip("/").rsplit("/", 1)[0])
+    return f" (under {parents.pop()})" if len(parents) == 1 else ""
+
+
+def cost_blocks(rep: dict[str, Any]) -> list[Block]:
+    c = rep["cost"]
+    u = c["unit"]
+    t = Table(f"Cost ({u}): wall time × ranks of every attempt", [
+        ("arm", "left"), ("runs", "right"), ("attempts", "right"), ("preemptions", "right"), ("stage 2", "right"),
+        ("stage 1", "right"), ("total", "right"), ("per run", "right"), ("lost", "right")])
+    for arm, a in c["arms"].items():
+        t.rows.append([Cell(arm), Cell(str(a["runs"])), Cell(str(a["attempts"])), Cell(str(a["preemptions"])),
+                       Cell(hours(a["stage2_h"])), Cell(hours(a["stage1_h"])), Cell(hours(a["total_h"])),
+                       Cell(hours(a["per_run_h"])), Cell(hours(a["lost_h"]), WARN if a["lost_h"] else PLAIN)])
+    out = [Block("h2", "Cost"), Block("table", table=t),
+           Block("p", f"total {hours(c['total_h'])} {u}, of which {hours(c['lost_h'])} lost to interrupted attempts "
+                      f"(redone after a requeue). {c['note']}." + (f" {c['attempts_without_end']} attempts have no "
+                                                                   f"recorded end (not counted)."
+                                                                   if c["attempts_without_end"] else ""), DIM)]
+    runs = c["runs"]
+    if 0 < len(runs) <= RUN_TABLE_LIMIT:
+        t2 = Table(f"Cost per run ({u})", [("run", "left"), ("attempts", "right"), ("preemptions", "right"),
+                                           ("restarts without save", "right"), ("hours", "right"), ("lost", "right")])
+        for r in runs:
+            t2.rows.append([Cell(r["label"]), Cell(str(r["attempts"])), Cell(str(r["preemptions"])),
+                            Cell(str(r["unsaved_restarts"])), Cell(hours(r["rank_h"])),
+                            Cell(hours(r["lost_rank_h"]), WARN if r["lost_rank_h"] else PLAIN)])
+        out.append(Block("table", table=t2))
+    elif runs:
+        hs = sorted(r["rank_h"] for r in runs)
+        out.append(Block("p", f"per run: min {hours(hs[0])}, median {hours(hs[len(hs) // 2])}, max {hours(hs[-1])} "
+                              f"{u} over {len(runs)} runs (every run in --json / --csv)", DIM))
+    return out
+
+
+def definition_blocks(rep: dict[str, Any]) -> list[Block]:
+    return [Block("h2", "Definitions")] + [Block("p", f"{k}: {v}", DIM) for k, v in rep["definitions"].items()]

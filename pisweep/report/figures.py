@@ -1,0 +1,164 @@
+"""The report's plots as PNG bytes (matplotlib, headless): small multiples per benchmark with interval bands,
+the delta heatmap (benchmark x epoch), the emergence epoch against data scale, and the main benchmark's curves."""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_axis(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _layout(fig, height_in: float) -> None:
+    """tight_layout that leaves room for the figure's title (about 0.3 inch)."""
+    fig.tight_layout(rect=(0, 0, 1, 1 - min(0.3, 0.3 / height_in)))
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def _band(ax, series: dict[str, Any], arm: str) -> None:
+    rows = [r for r in series["rows"] if r["arms"][arm]["n"]]
+    if not rows:
+        return
+    x = [r["epoch"] for r in rows]
+    ax.plot(x, [r["arms"][arm]["mean"] for r in rows], marker="o", ms=2.5, lw=1.2, color=COLORS.get(arm), label=arm)
+    lo = [r["arms"][arm]["lo"] for r in rows]
+    hi = [r["arms"][arm]["hi"] for r in rows]
+    if all(v is not None and math.isfinite(v) for v in lo + hi):
+        ax.fill_between(x, lo, hi, color=COLORS.get(arm), alpha=0.18, lw=0)
+
+
+def curves(group: dict[str, Any], tasks: list[str] | None = None, cols: int = 4) -> bytes:
+    """One panel per benchmark with results in this group: each arm's mean per epoch and its interval band."""
+    plt = _plt()
+    series = [s for t, s in group["series"].items() if s["rows"] and (tasks is None or t in tasks)]
+    n = max(1, len(series))
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.5 * rows), squeeze=False)
+    for ax, s in zip(axes.flat, series):
+        for arm in group["arms"]:
+            _band(ax, s, arm)
+        ax.set_title(s["name"], fontsize=8)
+        ax.tick_params(labelsize=6)
+        _integer_axis(ax.xaxis)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    if series:
+        axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"scale {group['scale']}, {group['epochs']} epochs: main metric per epoch (band: interval)",
+                 fontsize=9)
+    _layout(fig, 2.5 * rows)
+    return _png(fig)
+
+
+def heatmap(group: dict[str, Any], comparison: str) -> bytes:
+    """Delta (A - B) per benchmark (rows) and epoch (columns); a dot marks an interval that excludes zero."""
+    import numpy as np
+
+    plt = _plt()
+    series = [s for s in group["series"].values() if s["rows"]]
+    epochs = sorted({r["epoch"] for s in series for r in s["rows"]}) or [0]
+    grid = np.full((max(1, len(series)), len(epochs)), np.nan)
+    sig = []
+    for i, s in enumerate(series):
+        for r in s["rows"]:
+            d = r["deltas"].get(comparison)
+            if d and d["delta"] is not None:
+                j = epochs.index(r["epoch"])
+                grid[i, j] = d["delta"]
+                if d["lo"] is not None and math.isfinite(d["lo"]) and (d["lo"] > 0 or d["hi"] < 0):
+                    sig.append((j, i))
+    lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(epochs) + 3.0), max(2.0, 0.26 * len(series) + 1.2)))
+    im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim or -1, vmax=lim or 1, aspect="auto", interpolation="nearest")
+    if sig:
+        ax.scatter([p[0] for p in sig], [p[1] for p in sig], s=6, c="k")
+    ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
+    ax.set_yticks(range(len(series)), [s["name"] for s in series], fontsize=6)
+    ax.set_xlabel("epoch", fontsize=7)
+    fig.colorbar(im, ax=ax, label=f"Δ {comparison.replace('-', ' − ')}")
+    ax.set_title(f"scale {group['scale']}, {group['epochs']} epochs (dot: interval excludes 0)", fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def emergence_vs_scale(points: list[dict[str, Any]]) -> bytes:
+    """Emergence epoch per group against its samples per epoch; 'none' above the top when not yet."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    top = max([p["epochs"] for p in points] or [1]) + 1
+    keys = sorted({(p["comparison"], p["epochs"]) for p in points})
+    for k, (cmp, budget) in enumerate(keys):
+        sel = [p for p in points if p["comparison"] == cmp and p["epochs"] == budget]
+        sel.sort(key=lambda p: p["samples"] or 0)
+        for main in (False, True):
+            pts = [p for p in sel if p["main"] == main]
+            if not pts:
+                continue
+            x = [p["samples"] or (i + 1) for i, p in enumerate(pts)]
+            y = [p["emergence_epoch"] if p["emergence_epoch"] is not None else top for p in pts]
+            style = dict(marker="o", ms=5, lw=1.5, label=f"{cmp} · {budget} ep (main)") if main else \
+                dict(marker=".", ms=4, lw=0, alpha=0.35)
+            ax.plot(x, y, color=f"C{k}", **style)
+    ax.axhline(top, color="k", lw=0.5, ls=":")
+    ax.set_ylim(0.5, top + 0.9)
+    _integer_axis(ax.yaxis)
+    if any(p["samples"] for p in points):
+        ax.set_xscale("log")
+    ax.text(ax.get_xlim()[0], top, " none yet", va="bottom", fontsize=7)
+    ax.set_xlabel("samples per epoch (data scale)")
+    ax.set_ylabel("emergence epoch")
+    ax.grid(alpha=0.3)
+    if points:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def main_curves(rep: dict[str, Any]) -> bytes:
+    """The main benchmark in every group, arms with interval bands (the report's default PNG)."""
+    plt = _plt()
+    groups = [g for g in rep["groups"] if g.get("main") and g["main"]["rows"]]
+    n = max(1, len(groups))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, g in zip(axes.flat, groups):
+        for arm in g["arms"]:
+            _band(ax, g["main"], arm)
+        for k, e in g["main"]["emergence"].items():
+            if e.get("emergence_epoch") is not None:
+                ax.axvline(e["emergence_epoch"], color="k", ls="--", lw=0.8, label=f"emergence {k}")
+        ax.set_title(f"{g['main']['name']} [{g['scale']}, {g['epochs']} ep]", fontsize=9)
+        ax.set_xlabel("epoch")
+        _integer_axis(ax.xaxis)
+        ax.set_ylabel(g["main"]["metric"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.axis("off")
+    fig.suptitle(f"{rep['study']}: {rep['main_task']}")
+    _layout(fig, 3.2 * rows)
+    return _png(fig)
