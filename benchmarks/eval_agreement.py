@@ -300,6 +300,7 @@ class Agreement:
     mismatches_at_ties: int  # ... of which at an exact tie of the decisive scores
     tied: int  # queries with an exact tie at a decision boundary
     scores_bitwise: bool | None  # pisweep's logits (classification) / score matrix (retrieval) bit-identical; None: not compared
+    chance: float = math.nan  # main metric at chance: 1/classes, or 1/images for retrieval R@1
     note: str = ""
     problems: list[str] = field(default_factory=list)
 
@@ -393,8 +394,10 @@ def compare(s: EvalSet, main_metric: str, ours: tuple[dict, dict], theirs_metric
         theirs_main = 0.5 * (theirs_metrics["text_retrieval_recall@1"] + theirs_metrics["image_retrieval_recall@1"])
     else:
         theirs_main = theirs_metrics[main_metric]
+    chance = 1.0 / captured["logits"].shape[1] if s.kind == "classification" else 1.0 / captured["scores"].shape[1]
     return Agreement(s.cb_name, s.kind, total, main_metric, float(metrics[main_metric]), float(theirs_main),
-                     max(diffs) if diffs else math.nan, compared, mismatches, at_ties, tied, bitwise, s.note, problems)
+                     max(diffs) if diffs else math.nan, compared, mismatches, at_ties, tied, bitwise, chance, s.note,
+                     problems)
 
 
 def raw_scores(checkpoint: Path, s: EvalSet, eval_root: Path, batch_size: int):
@@ -462,13 +465,15 @@ def check_agreement(work: Path, *, steps: int, per_class: int, retrieval_images:
 
 
 def format_table(rows: Sequence[Agreement]) -> str:
-    head = (f"{'task':<16} {'kind':<8} {'n':>6} {'main metric':<22} {'pisweep':>9} {'CLIP_bm':>9} {'max|Δagg|':>10} "
-            f"{'per-example':>12} {'differ':>6} {'at ties':>7} {'tied':>5} {'scores bitwise':>14}  note")
+    """One line per task. n: examples (retrieval: texts + images, each a query); per-example: decisions compared
+    (classification: argmax, top-1 and top-5 hit per example; retrieval: a hit per query and k in 1, 5, 10)."""
+    head = (f"{'task':<16} {'kind':<14} {'n':>5} {'main metric':<21} {'chance':>6} {'pisweep':>8} {'CLIP_bm':>8} "
+            f"{'max|Δ|':>7} {'decisions':>9} {'differ':>6} {'at ties':>7} {'tied':>5} {'bitwise':>7}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.task:<16} {r.kind[:8]:<8} {r.n:>6} {r.main_metric:<22} {r.ours:>9.4f} {r.theirs:>9.4f} "
-                     f"{r.max_abs_diff:>10.1e} {r.per_example_compared:>12} {r.mismatches:>6} "
-                     f"{r.mismatches_at_ties:>7} {r.tied:>5} {str(r.scores_bitwise):>14}  {r.note}")
+        lines.append(f"{r.task:<16} {r.kind:<14} {r.n:>5} {r.main_metric:<21} {r.chance:>6.3f} {r.ours:>8.4f} "
+                     f"{r.theirs:>8.4f} {r.max_abs_diff:>7.0e} {r.per_example_compared:>9} {r.mismatches:>6} "
+                     f"{r.mismatches_at_ties:>7} {r.tied:>5} {str(r.scores_bitwise):>7}  {r.note}")
         lines += [f"    PROBLEM: {p}" for p in r.problems]
     return "\n".join(lines)
 
@@ -490,7 +495,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"pisweep vs CLIP_benchmark 1.6.2 | tiny model trained {args.steps} steps | batch {args.batch_size} | "
           f"fp32, no autocast, CPU | image cache {'off' if args.no_cache else 'on'} | work {work}")
     print(format_table(rows))
-    print("timings: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    print("decisions: argmax, top-1 and top-5 hits per example; retrieval hits per query and k (1, 5, 10). "
+          "tied: queries with an exact tie at a decision boundary. bitwise: logits / score matrices bit-identical.")
+    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     ok = all(r.ok for r in rows)
     print("AGREE" if ok else "DISAGREE")
     return 0 if ok else 1

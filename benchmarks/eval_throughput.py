@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = "pisweep-tiny"
 CB_TASKS = ("imagenet1k", "vtab/cifar10", "vtab/pets", "renderedsst2", "flickr30k", "mscoco_captions")
 # Per model: mean images per class, images per retrieval set (5 captions each), rendered image side.
-DEFAULT_SIZES = {TINY: (40, 200, 64), "ViT-B-32": (2, 10, 224)}
+DEFAULT_SIZES = {TINY: (100, 500, 64), "ViT-B-32": (2, 10, 224)}
 # ViT-B-32 on 2 CPU cores: ~0.2 s per image and ~0.13 s per prompt; the 24x5-prompt and 2nd retrieval set are left out.
 DEFAULT_TASKS = {TINY: CB_TASKS, "ViT-B-32": ("vtab/cifar10", "vtab/pets", "renderedsst2", "flickr30k")}
 

@@ -55,21 +55,8 @@ def open_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None) ->
 
 
 def open_read_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None) -> Session:
-    """A session for status and report: the plan's inits, runs and tasks without its list of eval items.
-
-    make_plan also lists every (run, epoch, task): 10 M objects and 20 s at 10 000 runs x 32 epochs x 31 tasks.
-    Nothing that reads the ledger needs that list (reconcile and work.next_work use runs, inits and tasks), so
-    the plan is made for a copy of the study with no eval tasks (uids do not depend on them) and given the tasks.
-    Its ``evals`` is empty: do not use this session to submit.
-    """
-    import dataclasses
-
-    from .plan import suite_tasks
-
-    light = ref.study.model_copy(update={"eval": ref.study.eval.model_copy(update={"tasks": []})})
-    plan = dataclasses.replace(make_plan(light), tasks=suite_tasks(ref.study))
-    ledger = Ledger(ref.ledger_path, on_wait=on_wait)
-    return Session(ref, ledger, plan, Layout(Path(ref.study.output_root)), suite_version())
+    """A session for status and report (the plan's list of eval items is built only if something asks for it)."""
+    return open_session(ref, on_wait)
 
 
 def reconcile(s: Session) -> Work:
@@ -273,8 +260,13 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     Only the cells shown are looked up one by one (evals, main metric, disk); the rest is counted from the jobs
     table and the small partial indexes of open and failed evals, so it stays fast at 10 000 runs.
     """
-    jobs = _reconcile(s)[1].jobs
     paths = resolve(s.ref.study, generate=False)
+    if s.ref.study.executor.name == "slurm":  # one sacct + one squeue; lost eval submissions are resubmitted
+        ex = slurm_executor(s, paths)
+        ex.reconcile()
+        _reconcile(s)
+        ex.heal_evals()
+    jobs = _reconcile(s)[1].jobs
     from .eval.registry import coverage
 
     present, missing = (coverage(Path(paths.eval_root), list(s.plan.tasks), dict(s.ref.study.eval.folders))

@@ -139,7 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from .console import plan_table
 
         out.print(plan_table(data))
-        out.print(f"evals: {len(plan.evals)} (runs × evaluated epochs × {len(plan.tasks)} tasks)")
+        out.print(f"evals: {plan.n_evals} (runs × evaluated epochs × {len(plan.tasks)} tasks)")
     return 0
 
 
@@ -174,13 +174,13 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
         if ref.study.executor.name == "slurm":
             return _submit_slurm(app, s, prepared)
         out.print(f"study [bold]{s.name}[/]: {len(s.plan.inits)} inits, {len(s.plan.runs)} runs, "
-                  f"{len(s.plan.evals)} evals · eval coverage {len(pf.coverage_present)}/{len(s.plan.tasks)} tasks"
+                  f"{s.plan.n_evals} evals · eval coverage {len(pf.coverage_present)}/{len(s.plan.tasks)} tasks"
                   + (f" (missing data: {len(pf.coverage_missing)})" if pf.coverage_missing else "")
                   + f" · ledger {s.ledger.path}")
-        with RunReporter(err, len(s.plan.inits) + len(s.plan.runs), len(s.plan.evals)) as reporter:
+        with RunReporter(err, len(s.plan.inits) + len(s.plan.runs), s.plan.n_evals) as reporter:
             result = app.run_local(s, prepared, reporter, on_wait=_waiting)
         if result.nothing_to_do:
-            out.print(f"nothing to do: study {s.name} is complete ({len(s.plan.runs)} runs, {len(s.plan.evals)} "
+            out.print(f"nothing to do: study {s.name} is complete ({len(s.plan.runs)} runs, {s.plan.n_evals} "
                       f"evals recorded). See `pisweep status {s.name}` and `pisweep report {s.name}`.")
             return 0
         o = result.outcome

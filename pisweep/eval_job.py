@@ -52,7 +52,7 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
         log.info("evaluating epoch %d on %d tasks", epoch, len(todo))
         for res in evaluator.evaluate(weights_path(ctx.folder, epoch), todo, out_dir=out):
             ctx.emit("eval_state", epoch=epoch, task=res.task, suite_version=SUITE_VERSION, state=res.status,
-                     reason=res.reason, path=str(res.path) if res.path else None, metrics=_finite(res.metrics),
+                     reason=res.reason, path=res.json_path or res.path, metrics=_finite(res.metrics),
                      main_metric=res.main_metric)
 
 

@@ -86,13 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         if ranks > 1:
             from .launch import LaunchSpec, launch_job
 
-            return launch_job(path, LaunchSpec(nproc_per_node=ranks), pending_signal=early[0] if early else None).code
+            return launch_job(path, LaunchSpec(nproc_per_node=ranks), early=early).code
     stop_outcome, hooks = None, None
     if os.environ.get(ENV_SLURM_TASK):
         from .executors.slurm_job import rank_callbacks
 
         stop_outcome, hooks = rank_callbacks(Path(os.environ[ENV_SLURM_TASK]), JobFile.read(path))
     code = run_job_file(path, stop_outcome=stop_outcome, hooks=hooks, early_signals=early)
+    for sig in _STOP_SIGNALS:  # the outcome is recorded: a stop signal now must not turn the exit into a kill
+        signal.signal(sig, signal.SIG_IGN)
     return process_exit_code(code)
 
 

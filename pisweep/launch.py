@@ -106,9 +106,16 @@ def slurm_spec(nproc_per_node: int, env: dict[str, str] | None = None) -> Launch
 
 
 def launch(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = None,
-           pending_signal: int | None = None) -> LaunchResult:
-    """Run this node's ranks of ``job_file`` until they end; ``env`` is added to theirs. ``pending_signal``: a
-    stop signal that came before the launcher took over (forwarded like one that comes later)."""
+           early: list[int] | None = None) -> LaunchResult:
+    """Run this node's ranks of ``job_file`` until they end; ``env`` is added to theirs. ``early``: the live list
+    into which the caller's handlers put stop signals until the launcher takes over (read once its own handlers
+    are in place, so none is lost; the first one is forwarded like one that comes later)."""
+    forwarder = SignalForwarder()
+    with forwarder.installed(early):
+        return _launch(job_file, spec, env or {}, forwarder)
+
+
+def _launch(job_file: Path, spec: LaunchSpec, env: dict[str, str], forwarder: "SignalForwarder") -> LaunchResult:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -116,7 +123,7 @@ def launch(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = None,
     folder = Path(tempfile.mkdtemp(prefix="pisweep-launch-"))
     threads = spec.threads_per_rank or max(1, _thread_budget() // spec.nproc_per_node)
     added = {ENV_LAUNCH_DIR: str(folder), "PISWEEP_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-             **(env or {})}
+             **env}
     saved = {k: os.environ.get(k) for k in set(_ENV_KEEP) | set(added)}
     endpoint_port = spec.master_port if spec.master_port or spec.nnodes > 1 else 0
     if spec.nnodes > 1 and not spec.master_port:
@@ -129,17 +136,15 @@ def launch(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = None,
         logs_specs=DefaultLogsSpecs(log_dir=str(folder / "elastic")))
     log.info("launching %d rank(s) on node %d of %d (rendezvous %s:%s, %d threads each): %s", spec.nproc_per_node,
              spec.node_rank, spec.nnodes, spec.master_addr, endpoint_port or "any", threads, job_file)
-    forwarder = SignalForwarder(pending_signal)
     failure: str | None = None
     try:
         os.environ.update(added)
-        with forwarder.installed():
-            try:
-                elastic_launch(config, sys.executable)("-u", "-m", "pisweep.jobs", str(Path(job_file).resolve()))
-            except ChildFailedError as exc:
-                failure = _describe_failures(exc)
-            except Exception as exc:  # noqa: BLE001 - rendezvous timeouts and the like: this node failed
-                failure = f"launcher: {type(exc).__name__}: {exc}"
+        try:
+            elastic_launch(config, sys.executable)("-u", "-m", "pisweep.jobs", str(Path(job_file).resolve()))
+        except ChildFailedError as exc:
+            failure = _describe_failures(exc)
+        except Exception as exc:  # noqa: BLE001 - rendezvous timeouts and the like: this node failed
+            failure = f"launcher: {type(exc).__name__}: {exc}"
         codes = _read_codes(folder)
     finally:
         for key, value in saved.items():
@@ -157,7 +162,7 @@ def launch(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = None,
 
 
 def launch_job(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = None,
-               pending_signal: int | None = None) -> LaunchResult:
+               early: list[int] | None = None) -> LaunchResult:
     """:func:`launch`, and on node 0 the end of an attempt that failed before rank 0 could record it (a rank
     killed, a rendezvous that never completed): the ledger must never show such an attempt as still running."""
     from .events import attempt_from_env
@@ -166,7 +171,7 @@ def launch_job(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = No
     attempt = attempt_from_env()
     if not (os.environ.get("SLURM_JOB_ID") or os.environ.get("PISWEEP_JOB_ID")):
         added["PISWEEP_JOB_ID"] = attempt["job_id"]  # one attempt identity for the launcher and its ranks
-    result = launch(job_file, spec, added, pending_signal)
+    result = launch(job_file, spec, added, early)
     if result.code == EXIT_FAILED and spec.node_rank == 0:
         record_unreported_failure(Path(job_file), attempt, result.reason or "the launch failed")
     return result
@@ -194,7 +199,12 @@ def record_unreported_failure(job_file: Path, attempt: dict, reason: str) -> boo
 
 
 def _result(codes: dict[int, int], failure: str | None, spec: LaunchSpec) -> LaunchResult:
+    """The node's outcome. The ranks' own reports decide when all of them reported: a rank killed after it
+    recorded its end (a job-wide SIGTERM while it exits, say) did its job."""
     failed = sorted(r for r, c in codes.items() if c not in (EXIT_OK, EXIT_STOPPED))
+    if failure is not None and len(codes) == spec.nproc_per_node:
+        log.info("ranks ended after reporting their outcome (%s); their reports stand", failure)
+        failure = None
     if failure is not None or failed or len(codes) < spec.nproc_per_node:
         reason = failure or (f"rank(s) {failed} failed" if failed else
                              f"only ranks {sorted(codes)} of this node reported an end")
@@ -240,14 +250,12 @@ class SignalForwarder:
     children (an ``scontrol`` call, say) are left alone.
     """
 
-    def __init__(self, pending: int | None = None, poll_s: float = 0.1):
-        self.received: int | None = pending
+    def __init__(self, poll_s: float = 0.1):
+        self.received: int | None = None
         self.forwarded: set[int] = set()
         self.poll_s = poll_s
         self._wake = threading.Event()
         self._done = threading.Event()
-        if pending is not None:
-            self._wake.set()
 
     def _on_signal(self, signum: int, _frame) -> None:
         if self.received is None:
@@ -268,12 +276,15 @@ class SignalForwarder:
                         continue
                     self.forwarded.add(pid)
 
-    def installed(self):
+    def installed(self, early: list[int] | None = None):
+        """A context in which this forwarder owns the stop signals (``early``: see :func:`launch`)."""
         forwarder = self
 
         class _Ctx:
             def __enter__(self):
                 self.previous = {s: signal.signal(s, forwarder._on_signal) for s in STOP_SIGNALS}
+                if early and forwarder.received is None:
+                    forwarder._on_signal(early[0], None)
                 self.thread = threading.Thread(target=forwarder._run, name="pisweep-signal-forwarder", daemon=True)
                 self.thread.start()
                 return forwarder
@@ -366,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         spec = LaunchSpec(nnodes=args.nnodes, nproc_per_node=args.nproc_per_node, node_rank=args.node_rank,
                           master_addr=args.master_addr, master_port=args.master_port, run_id=args.run_id)
-    return launch_job(args.job_file, spec, pending_signal=early[0] if early else None).code
+    return launch_job(args.job_file, spec, early=early).code
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ not (executor, resources, log paths, loader workers, logging cadence).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -72,7 +73,6 @@ class Plan:
     study: str
     inits: tuple[InitJob, ...]
     runs: tuple[RunJob, ...]
-    evals: tuple[EvalItem, ...]
     tasks: tuple[str, ...]
 
     def init_by_uid(self) -> dict[str, InitJob]:
@@ -82,7 +82,16 @@ class Plan:
         return {r.uid: r for r in self.runs}
 
     def counts(self) -> dict[str, int]:
-        return {"inits": len(self.inits), "runs": len(self.runs), "evals": len(self.evals), "tasks": len(self.tasks)}
+        return {"inits": len(self.inits), "runs": len(self.runs), "evals": self.n_evals, "tasks": len(self.tasks)}
+
+    @property
+    def n_evals(self) -> int:
+        return sum(len(r.eval_epochs) for r in self.runs) * len(self.tasks)
+
+    @functools.cached_property
+    def evals(self) -> tuple[EvalItem, ...]:
+        """Every (run, evaluated epoch, task); built on first use (10 M items at 10 000 runs x 32 x 31)."""
+        return tuple(EvalItem(r.uid, e, t) for r in self.runs for e in r.eval_epochs for t in self.tasks)
 
 
 def suite_tasks(study: Study) -> tuple[str, ...]:
@@ -137,8 +146,7 @@ def make_plan(study: Study) -> Plan:
                              "data": data_identity(study, "train", scale), "epochs": epochs, "seed": seed}
                     runs.append(RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
                                        eval_epochs(epochs, study.eval.every), ident))
-    evals = tuple(EvalItem(r.uid, e, t) for r in runs for e in r.eval_epochs for t in tasks)
-    return Plan(study.name, tuple(inits.values()), tuple(runs), evals, tasks)
+    return Plan(study.name, tuple(inits.values()), tuple(runs), tasks)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,9 @@ def test_node_result_is_failed_stopped_or_completed():
     assert _result({0: 3, 1: 3}, None, spec).code == 3
     assert _result({0: 3, 1: 1}, None, spec) == LaunchResult(1, "rank(s) [1] failed", {0: 3, 1: 1})
     assert _result({0: 0}, None, spec).reason == "only ranks [0] of this node reported an end"
-    assert _result({0: 3, 1: 3}, "rank 1 (pid 9) killed by SIGKILL", spec).code == 1
+    assert _result({0: 3}, "rank 1 (pid 9) killed by SIGKILL", spec).code == 1
+    # every rank recorded its end before one was killed (a job-wide SIGTERM during its exit): the reports stand
+    assert _result({0: 3, 1: 3}, "rank 1 (pid 9) killed by SIGTERM", spec) == LaunchResult(3, None, {0: 3, 1: 3})
 
 
 def test_unreported_failure_is_recorded_once(tmp_path):
@@ -170,7 +172,10 @@ def test_two_gloo_ranks_train_in_sync_and_report_once(tmp_path):
 def test_a_stop_signal_before_the_ranks_catch_it_is_forwarded_once_they_do(tmp_path):
     job = write_job(tmp_path)
     proc = launcher(job)
-    time.sleep(1.0)  # the launcher runs; its ranks are not started or not ready yet
+    while not catches(proc.pid, signal.SIGUSR2):  # the launcher is up; its ranks start seconds later
+        assert proc.poll() is None
+        time.sleep(0.01)
+    assert rank_pids(proc.pid) == []
     os.killpg(proc.pid, signal.SIGUSR2)
     code, out = finish(proc)
     assert code == 3, out[-4000:]
@@ -210,14 +215,53 @@ def test_a_job_failure_on_every_rank_is_recorded_by_rank_0(tmp_path):
     assert "no rank recorded" not in ended["data"]["reason"]
 
 
+@pytest.mark.timeout(300)
 def test_local_executor_runs_gpus_per_node_ranks_through_the_launcher(tmp_path, monkeypatch):
     from pisweep.jobs import local_ranks
 
     job = JobFile.read(write_job(tmp_path))
     assert local_ranks(job) == 1
-    two = JobFile(job.kind, job.uid, job.folder, {**job.study, "executor": {"train": {"gpus_per_node": 2}}},
-                  job.params)
+    study = {**job.study, "executor": {**job.study["executor"], "train": {"gpus_per_node": 2}}}
+    two = JobFile(job.kind, job.uid, job.folder, study, job.params)
     assert local_ranks(two) == 2
+    assert local_ranks(JobFile("eval", "u", "f", two.study, {})) == 1
     monkeypatch.setenv("PISWEEP_EXECUTOR", "slurm")  # SLURM jobs launch from their task, not from here
     assert local_ranks(two) == 1
-    assert local_ranks(JobFile("eval", "u", "f", two.study, {})) == 1
+    monkeypatch.setenv("PISWEEP_EXECUTOR", "local")
+    # what the local executor runs: python -m pisweep.jobs JOB.json
+    done = subprocess.run([sys.executable, "-m", "pisweep.jobs", str(two.write(tmp_path / "two.json"))],
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PISWEEP_THREADS": "2", "PISWEEP_JOB_ID": "local-1"})
+    assert done.returncode == 0, done.stdout[-4000:]
+    (started,) = events(tmp_path / "run", "attempt_started")
+    assert started["data"]["world_size"] == 2 and started["attempt"]["job_id"] == "local-1"
+
+
+# -- SLURM side: what a task decides before launching ------------------------------------------------------------
+def test_ranks_per_node_come_from_slurms_gpu_count_then_the_study(monkeypatch):
+    from pisweep.executors.slurm_job import ranks_per_node
+
+    job = JobFile("train", "u", "f", {"executor": {"train": {"gpus_per_node": 8}}}, {})
+    for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
+        monkeypatch.delenv(key, raising=False)
+    assert ranks_per_node(job) == 8
+    assert ranks_per_node(JobFile("train", "u", "f", {"executor": {"train": {"gpus_per_node": 0}}}, {})) == 1
+    monkeypatch.setenv("SLURM_GPUS_PER_NODE", "a100:4")
+    assert ranks_per_node(job) == 4
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "2")
+    assert ranks_per_node(job) == 2
+
+
+def test_ranks_act_for_their_slurm_task(tmp_path, monkeypatch):
+    import dataclasses
+
+    from pisweep.atomic import atomic_write_json
+    from pisweep.executors.slurm_job import SlurmTask, rank_callbacks
+
+    task = SlurmTask("job.json", 1, 2, 90, {"epochs": [1], "tasks": ["imagenet1k"]}, started=1234.5)
+    atomic_write_json(tmp_path / "task.json", dataclasses.asdict(task))
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    stop_outcome, hooks = rank_callbacks(tmp_path / "task.json", JobFile("train", "u", "f", {}, {}))
+    assert stop_outcome() == "preempted" and stop_outcome.__self__ == task  # same task, same start time
+    assert len(hooks) == 1
+    assert rank_callbacks(tmp_path / "task.json", JobFile("init", "u", "f", {}, {}))[1] == []

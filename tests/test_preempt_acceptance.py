@@ -24,14 +24,13 @@ from pisweep import app
 from pisweep.jobs import JobFile
 from pisweep.launch import rank_pids
 from pisweep.ledger.queries import attempts_of
-from pisweep.studyref import resolve
 from pisweep.models import TINY_CONFIG
+from pisweep.studyref import resolve
 
 from test_train_resume import make_shards
 
-ROOT = Path(__file__).resolve().parent.parent
 SHARDS, BATCH, EPOCHS = [32, 32, 32], 8, 2
-STEPS = sum(SHARDS) // BATCH * EPOCHS  # 12 per epoch
+STEPS = sum(SHARDS) // BATCH * EPOCHS  # 24: 12 per epoch
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR2)
 ATTEMPT_LIMIT_S = 120
 

@@ -111,11 +111,7 @@ class SlurmExecutor:
         self._submit_group("train", no_dep, None, snapshot, out)
         for item, dep in with_dep:  # each waits for its own init: one job each
             self._submit_group("train", [item], dep, snapshot, out)
-        for run_uid, items in work.evals.items():
-            for epoch in sorted({e for e, _ in items}):
-                tasks = sorted({t for e, t in items if e == epoch})
-                self._submit_eval(run_uid, epoch, tasks, snapshot)
-                out.evals += 1
+        out.evals += self.heal_evals()  # due evals without a live eval job (the train jobs submit the rest)
         return out
 
     def _submit_group(self, kind: str, jobs: list[tuple[str, str, JobFile, dict | None]], dependency: str | None,
@@ -170,11 +166,15 @@ class SlurmExecutor:
 
     # -- reconciliation ---------------------------------------------------------------------------------------------
     def reconcile(self) -> dict[str, str]:
-        """Ask SLURM once about every job it may still hold; record what the jobs could not say themselves."""
+        """Ask SLURM once about every job it may still hold (eval jobs included); record what the jobs could not
+        say themselves."""
         watched = self._watched()
-        if not watched:
+        self._queued_evals = queued_evals(self.ledger, self.plan.study, self.suite_version)
+        eval_ids = {jid for jid, _ in self._queued_evals.values() if jid}
+        if not watched and not eval_ids:
             return {}
-        acct, queue = sacct.query([row.scheduler_id for row in watched.values()])
+        acct, queue = sacct.query([row.scheduler_id for row in watched.values()] + sorted(eval_ids))
+        self._eval_jobs_alive = {jid for jid in eval_ids if jid in queue}
         # Events a job wrote just before it ended must count before its end is judged "unreported".
         ingest(self.ledger, self.plan.study)
         snap = snapshot(self.ledger, self.plan.study, self.suite_version)
@@ -218,6 +218,34 @@ class SlurmExecutor:
                                                        f"{info.nodes or '?'} and the job did not report an end")
         return changes
 
+    def heal_evals(self) -> int:
+        """Submit an eval job for every (run, epoch) whose queued evals have no live SLURM job: a training job that
+        died before submitting, an eval job that vanished, or evals status found missing. Call after reconcile."""
+        if not hasattr(self, "_queued_evals"):
+            self.reconcile()
+        alive = getattr(self, "_eval_jobs_alive", set())
+        due: dict[tuple[str, int], list[str]] = {}
+        for (run_uid, epoch, task), (jid, _) in self._queued_evals.items():
+            if jid is None or jid not in alive:
+                due.setdefault((run_uid, epoch), []).append(task)
+        # evals queued by `reconcile` just now (no row before it ran) are in the ledger only
+        for (run_uid, epoch, task), (jid, _) in queued_evals(self.ledger, self.plan.study, self.suite_version).items():
+            if jid is None and task not in due.get((run_uid, epoch), []):
+                due.setdefault((run_uid, epoch), []).append(task)
+        runs = self.plan.run_by_uid()
+        if not due:
+            return 0
+        snapshot_dir = take_snapshot(self.layout.root / "code")
+        from ..ledger.ingest import set_eval_states
+
+        for (run_uid, epoch), tasks in sorted(due.items()):
+            if run_uid not in runs:
+                continue
+            job_id = self._submit_eval(run_uid, epoch, sorted(tasks), snapshot_dir)
+            set_eval_states(self.ledger, [(run_uid, epoch, t) for t in tasks], "queued", self.suite_version,
+                            only_new=False, reason=f"slurm job {job_id}")
+        return len(due)
+
     def _watched(self) -> dict:
         snap = snapshot(self.ledger, self.plan.study, self.suite_version)
         return {uid: row for uid, row in snap.jobs.items()
@@ -236,6 +264,24 @@ class SlurmExecutor:
 
 
 WATCHED = {"queued", "running", "preempted", "timeout", "failed", "blocked"}
+
+
+def queued_evals(ledger: Ledger, study: str, suite_version: str) -> dict[tuple[str, int, str], tuple[str | None, str]]:
+    """Queued evals of the study: (run, epoch, task) -> (the SLURM job id named in the reason, or None; reason)."""
+    from sqlalchemy import select
+
+    from ..ledger import schema as t
+
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(t.evals.c.job_uid, t.evals.c.epoch, t.evals.c.task, t.evals.c.reason)
+                            .join(t.jobs, t.jobs.c.uid == t.evals.c.job_uid)
+                            .where(t.jobs.c.study == study, t.evals.c.state == "queued",
+                                   t.evals.c.suite_version == suite_version)).all()
+    out = {}
+    for uid, epoch, task, reason in rows:
+        jid = reason.split("slurm job ", 1)[1].split()[0] if reason and "slurm job " in reason else None
+        out[(uid, epoch, task)] = (jid, reason or "")
+    return out
 
 
 def cancel(job_ids: list[str]) -> None:

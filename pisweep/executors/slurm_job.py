@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,14 +71,15 @@ class SlurmTask:
         from ..jobs import ENV_SLURM_TASK
         from ..launch import launch_job, slurm_spec
 
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stdout, force=True)
         spec = slurm_spec(per_node)
         tag = f"{os.environ.get('SLURM_JOB_ID', 'x')}-{os.environ.get('SLURM_RESTART_COUNT', '0')}-{spec.node_rank}"
         task_file = Path(job.folder) / "jobs" / f"slurm-task-{tag}.json"
         from ..atomic import atomic_write_json
 
         atomic_write_json(task_file, dataclasses.asdict(self))
-        result = launch_job(Path(self.job_file), spec, {ENV_SLURM_TASK: str(task_file)},
-                            pending_signal=early[0] if early else None)
+        result = launch_job(Path(self.job_file), spec, {ENV_SLURM_TASK: str(task_file)}, early=early)
         return result.code
 
     # -- decisions ------------------------------------------------------------------------------------------------

@@ -77,17 +77,17 @@ def set_job_state(ledger: Ledger, uid: str, state: str, reason: str | None = Non
 
 
 def set_eval_states(ledger: Ledger, items: Iterable[tuple[str, int, str]], state: str, suite_version: str,
-                    only_new: bool = True) -> int:
+                    only_new: bool = True, reason: str | None = None) -> int:
     """Mark (job, epoch, task) evals with ``state``; with ``only_new``, rows that already exist are left alone."""
     now = time.time()
     n = 0
     with ledger.writing("queueing evals"), ledger.engine.begin() as conn:
         for job_uid, epoch, task in items:
             stmt = insert(t.evals).values(job_uid=job_uid, epoch=epoch, task=task, suite_version=suite_version,
-                                          state=state, updated_at=now)
+                                          state=state, reason=reason, updated_at=now)
             stmt = (stmt.on_conflict_do_nothing() if only_new else
                     stmt.on_conflict_do_update(index_elements=["job_uid", "epoch", "task", "suite_version"],
-                                               set_={"state": state, "reason": None, "updated_at": now}))
+                                               set_={"state": state, "reason": reason, "updated_at": now}))
             n += conn.execute(stmt).rowcount
     return n
 

@@ -36,11 +36,13 @@ def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: 
 
 def build_adamw(named: Iterable[tuple[str, torch.nn.Parameter]], optim: OptimSpec,
                 fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW with lr/betas/eps from the spec; ``fused`` on CUDA parameters unless told otherwise."""
+    """AdamW with lr/betas/eps from the spec, with its fused kernels unless told otherwise: on CUDA, and on the CPU
+    too, where they are several times faster than the default ``foreach`` path (2 threads, best of 15 steps:
+    14 -> 2 ms for the tiny model, 0.99 -> 0.26 s for ViT-B-32)."""
     groups = param_groups(named, optim.weight_decay)
     params = [p for g in groups for p in g["params"]]
     if fused is None:
-        fused = bool(params) and all(p.is_cuda for p in params)
+        fused = bool(params) and all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
 
 
