@@ -299,7 +299,7 @@ class Agreement:
     mismatches: int  # per-example decisions that differ
     mismatches_at_ties: int  # ... of which at an exact tie of the decisive scores
     tied: int  # queries with an exact tie at a decision boundary
-    scores_bitwise: bool | None  # pisweep's logits (classification) / score matrix (retrieval) bit-identical; None: not compared
+    scores_bitwise: bool | None  # pisweep's logits / score matrix bit-identical to the peer's (None: not compared)
     chance: float = math.nan  # main metric at chance: 1/classes, or 1/images for retrieval R@1
     note: str = ""
     problems: list[str] = field(default_factory=list)
@@ -459,8 +459,8 @@ def check_agreement(work: Path, *, steps: int, per_class: int, retrieval_images:
         raw = raw_scores(checkpoint, s, eval_root, batch_size) if bitwise else None
         task = registry.lookup(s.key)
         main = task.main_metric if task else ("acc1" if s.kind == "classification" else "mean_recall@1")
-        rows.append(compare(s, main, ours[s.cb_name], peer["results"][(s.cb_name, ck)], peer["captured"][(s.cb_name, ck)],
-                            raw))
+        rows.append(compare(s, main, ours[s.cb_name], peer["results"][(s.cb_name, ck)],
+                            peer["captured"][(s.cb_name, ck)], raw))
     return rows, timings
 
 
@@ -586,7 +586,8 @@ def peer_main(argv: Sequence[str]) -> int:
     if args.timing is not None:
         launch = float(os.environ.get("PISWEEP_T_LAUNCH", t_enter))
         args.timing.write_text(json.dumps({"launch_to_imported_s": t_imported - launch, "load_clip_s": loads,
-                                           "launch_to_end_s": t_end - launch, "torch_threads": torch.get_num_threads()}))
+                                           "launch_to_end_s": t_end - launch,
+                                           "torch_threads": torch.get_num_threads()}))
     return int(code or 0)
 
 

@@ -13,7 +13,9 @@ printed), the same batch size, fp32 without autocast, on the CPU, the same numbe
 Start-up is reported apart from evaluation: start-up = process launch to "libraries imported" + building the model
 + loading the weights (pisweep: Evaluator() once, then load_weights per checkpoint; CLIP_benchmark: its load_clip
 per (checkpoint, dataset)); evaluation = the rest of the process's wall time (data, forward passes, metrics,
-result files). Numbers: every metric of every (task, checkpoint) must be identical on both sides.
+result files, interpreter exit). Numbers: every metric of every (task, checkpoint) must be identical on both sides.
+``--threads N`` sets OMP/MKL threads for both sides (steadier timings on a shared machine); ``--repeat R``
+alternates the sides R times and reports the best run of each. Figures measured here: benchmarks/README.md.
 
 Usage (project root; the peer environment must exist)::
 
@@ -40,7 +42,7 @@ TINY = "pisweep-tiny"
 CB_TASKS = ("imagenet1k", "vtab/cifar10", "vtab/pets", "renderedsst2", "flickr30k", "mscoco_captions")
 # Per model: mean images per class, images per retrieval set (5 captions each), rendered image side.
 DEFAULT_SIZES = {TINY: (100, 500, 64), "ViT-B-32": (2, 10, 224)}
-# ViT-B-32 on 2 CPU cores: ~0.2 s per image and ~0.13 s per prompt; the 24x5-prompt and 2nd retrieval set are left out.
+# ViT-B-32 on 2 cores, 1 thread: ~0.12 s per image, ~0.06 s per prompt: imagenet1k (120 prompts), mscoco left out.
 DEFAULT_TASKS = {TINY: CB_TASKS, "ViT-B-32": ("vtab/cifar10", "vtab/pets", "renderedsst2", "flickr30k")}
 
 
@@ -55,7 +57,8 @@ def _agreement_module():
 # ================================================================================== data and checkpoints
 
 def make_data(work: Path, per_class: int, retrieval_images: int, image_size: int, tasks: Sequence[str]):
-    """Synthetic CLIP_benchmark-layout folders (>= 2 shards each, so that 2 loader workers both get data)."""
+    """Synthetic CLIP_benchmark-layout folders, in several shards where the sizes allow (with --workers N,
+    CLIP_benchmark's webdataset loader needs at least N shards per task)."""
     from pisweep.data.synth import SynthConfig, synthesize
 
     cfg = SynthConfig(seed=0, image_size=image_size, nights_triplets=30, nights_low_vote_rows=1,

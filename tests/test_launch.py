@@ -216,6 +216,34 @@ def test_a_job_failure_on_every_rank_is_recorded_by_rank_0(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_a_state_saved_by_one_rank_resumes_on_two_in_the_same_sample_order(tmp_path):
+    from pisweep.jobctx import Preempted
+    from pisweep.spec_load import study_from_json
+    from pisweep.train.stage2 import run_stage2
+    from test_train_resume import StopAt
+
+    job = JobFile.read(write_job(tmp_path, epochs=2))
+    ctx = StopAt(uid=job.uid, folder=Path(job.folder), stop_at=3)
+    with pytest.raises(Preempted):
+        run_stage2(ctx, study_from_json(job.study), **{k: v for k, v in job.params.items() if k != "init_weights"},
+                   init_weights=None)
+    assert torch.load(tmp_path / "run" / "resume" / "state.pt", weights_only=False)["world_size"] == 1
+    code, out = finish(launcher(tmp_path / "job.json"))
+    assert code == 0, out[-4000:]
+    ended = events(tmp_path / "run", "attempt_ended")
+    assert [e["data"]["outcome"] for e in ended] == ["completed"] and ended[0]["data"]["step"] == 8
+    assert [e["data"]["epoch"] for e in events(tmp_path / "run", "epoch_done")] == [1, 2]
+
+
+def test_a_global_batch_that_ranks_cannot_share_is_refused_clearly():
+    from pisweep.errors import TrainingError
+    from pisweep.train.loader import EpochBatchSampler
+
+    with pytest.raises(TrainingError, match="global batch 8 is not divisible by 3 ranks"):
+        EpochBatchSampler([16, 16], seed=0, global_batch=8, rank=0, world_size=3)
+
+
+@pytest.mark.timeout(300)
 def test_local_executor_runs_gpus_per_node_ranks_through_the_launcher(tmp_path, monkeypatch):
     from pisweep.jobs import local_ranks
 

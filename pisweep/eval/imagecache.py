@@ -127,7 +127,8 @@ def batch_post(post: Callable) -> Callable[[np.ndarray], torch.Tensor] | None:
     if not isinstance(ts, list) or len(ts) != 2:
         return None
     to_tensor, normalize = ts
-    if (type(to_tensor).__module__, type(to_tensor).__name__) not in _TO_TENSOR_TYPES or type(normalize) is not Normalize:
+    kind = (type(to_tensor).__module__, type(to_tensor).__name__)
+    if kind not in _TO_TENSOR_TYPES or type(normalize) is not Normalize:
         return None
 
     def apply(block: np.ndarray) -> torch.Tensor:

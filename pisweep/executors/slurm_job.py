@@ -94,6 +94,11 @@ class SlurmTask:
     def _maybe_requeue(self, job, stopped: bool) -> bool:
         ended = _outcomes(Path(job.folder))
         last = ended[-1] if ended else None
+        if stopped and "SIGTERM" in _last_reason(Path(job.folder)):
+            # SIGTERM alone is scancel (or SLURM's own preemption, which requeues the job itself in REQUEUE
+            # mode): the state is saved; requeueing here would make a job that a person cancelled come back
+            log.info("stopped by SIGTERM: state saved, not requeued by pisweep")
+            return False
         if stopped and last == "preempted":
             why = "preempted"
         elif stopped and last == "timeout" and ended.count("timeout") <= self.max_timeouts:
@@ -194,6 +199,14 @@ def _duration(text: str) -> float | None:
         parts.insert(0, 0)
     h, m, s = parts
     return days * 86400 + h * 3600 + m * 60 + s
+
+
+def _last_reason(folder: Path) -> str:
+    ended = sorted((folder / "events").glob("*-attempt_ended.json"))
+    try:
+        return str(json.loads(ended[-1].read_text())["data"].get("reason") or "") if ended else ""
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 def _outcomes(folder: Path) -> list[str]:

@@ -4,6 +4,12 @@ Arms differ only in the vision tower: every arm builds the model under torch.man
 so text tower and logit scale are identical, then perceptual/shuffled arms load the ``visual.*`` weights of
 their stage-1 init. Everything the training sees is a pure function of (seed, epoch, step) (see loader.py), and
 the resume state holds the rest (model, optimizer, step, RNG), so a preempted run resumes bit for bit.
+
+With several ranks (DDP, started by pisweep.launch) each rank takes its slice of every global batch, so the order
+does not depend on the rank count either; rank 0 alone writes files and events, a stop is agreed at a step
+boundary by a collective, and the ranks check once per epoch that their parameters are still identical.
+Retention (stage2.keep_weights / keep_resume): weights files of the evaluated epochs only, by default, and the
+resume state shrinks to a small completion marker when the run ends.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -94,8 +95,11 @@ def test_sigusr2_to_the_whole_step_stops_both_nodes_and_node_0_requeues(slurm_cl
     slurm_cluster.wait_until(lambda: events(run, "attempt_ended"), 120, "the job to save and stop")
 
     def released() -> bool:
+        """A requeued job is held ~120 s; start it now. Not within the second of the requeue: slurmd would
+        refuse the new launch's credential as revoked with the old one ("Job credential revoked")."""
         fields = slurm_cluster.job_fields(job.job_id)
         if fields.get("JobState") == "PENDING":
+            time.sleep(3)
             slurm_cluster.client("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
             return True
         return False

@@ -81,11 +81,12 @@ def job_row(path: Path, label: str):
 
 
 def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tmp_path, synth_root):
-    path = write_study(tmp_path, synth_root, "slurm-ci")
+    name = f"slurm-ci-{int(time.time())}"  # unique: sacct keeps the jobs of earlier runs under their names
+    path = write_study(tmp_path, synth_root, name)
     assert main(["submit", str(path)]) == 0
     # From here no pisweep command runs: the eval jobs must come from the training jobs themselves.
     def all_done():
-        jobs = pisweep_jobs("slurm-ci")
+        jobs = pisweep_jobs(name)
         evals = {n: s for n, s in jobs.items() if ".eval." in n}
         states = [s[-1] for s in jobs.values()]
         if any(s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") for s in states):
@@ -107,9 +108,9 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
             assert cell["evals"].get("done") == 12 and cell["evals"].get("missing_data") == 50
             assert cell["main_metric"]["epoch"] == 2
     # A second submit submits nothing.
-    before = set(pisweep_jobs("slurm-ci"))
+    before = pisweep_jobs(name)
     assert main(["submit", str(path)]) == 0
-    assert set(pisweep_jobs("slurm-ci")) == before
+    assert pisweep_jobs(name) == before
 
 
 def test_preempted_train_job_requeues_and_resumes(slurm_cluster, tmp_path, synth_root):
