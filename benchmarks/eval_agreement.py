@@ -166,7 +166,6 @@ def train_checkpoint(out_dir: Path, steps: int = 150, batch_size: int = 64, lr: 
     every caption), rendered once into a pool and preprocessed by the model's eval transform. The initial
     weights go to ``epoch_0.pt``; the config ``pisweep-tiny.json`` beside them is what the peer registers.
     """
-    import numpy as np
     import open_clip
     import torch
 

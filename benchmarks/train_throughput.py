@@ -12,7 +12,9 @@ Where the time goes is measured the same way in both processes, by hooks that do
 - logging: pisweep's log flush (``_Stage2._flush``: losses to the host, wandb/log calls); open_clip_train's
   ``logging`` calls;
 - forward/backward: the rest of the step (forward, loss, backward, gradient clipping, schedule, logit clamp).
-On a GPU the phases would need synchronization to be attributed; this benchmark is for the CPU, where they are not.
+On a GPU (``--precision bf16``) the measured window starts and ends with a device synchronization, so samples/s is
+exact, and the peak GPU memory and MFU are printed too (FLOPs counted by step_mfu.py's counter over one forward and
+backward); the phases are not synchronized there and only say where the host waits.
 
 The peer is open_clip_train 3.x as shipped in open_clip_torch (``python -m open_clip_train.main``, its own argument
 parser, data pipeline and loop), run in pisweep's venv (it needs pandas, which is there). webdataset 1.0.2 breaks
@@ -24,6 +26,7 @@ Usage (from the project root)::
 
     .venv/bin/python benchmarks/train_throughput.py                          # tiny model, batch 64
     .venv/bin/python benchmarks/train_throughput.py --model ViT-B-32 --batch 32 --warmup 2 --steps 6
+    python3 benchmarks/train_throughput.py --model ViT-B-32 --precision bf16 --batch 256 --workers 12   # a GPU
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class Recorder:
         self.t0 = self.t1 = None
         self.totals = {"data": 0.0, "optimizer": 0.0, "logging": 0.0}
         self._opt_start = 0.0
+        self.peak_mem: int | None = None
 
     def add(self, phase: str, seconds: float) -> None:
         if self.measuring:
@@ -66,10 +70,21 @@ class Recorder:
         now = time.perf_counter()
         self.add("optimizer", now - self._opt_start)
         self.done += 1
+        if self.done in (self.warmup, self.warmup + self.steps) and _cuda_in_use():
+            import torch
+
+            torch.cuda.synchronize()  # the window holds exactly the GPU work of its steps
+            now = time.perf_counter()
+            if self.done == self.warmup:
+                torch.cuda.reset_peak_memory_stats()
         if self.done == self.warmup:
             self.measuring, self.t0 = True, now
         elif self.done == self.warmup + self.steps:
             self.measuring, self.t1 = False, now
+            if _cuda_in_use():
+                import torch
+
+                self.peak_mem = torch.cuda.max_memory_allocated()
 
     def result(self, batch: int) -> dict[str, Any]:
         if self.t1 is None:
@@ -78,7 +93,13 @@ class Recorder:
         phases = dict(self.totals)
         phases["forward/backward"] = wall - sum(self.totals.values())
         return {"samples_per_s": self.steps * batch / wall, "wall_s": wall, "steps": self.steps,
-                "phases_s": {k: phases[k] for k in PHASES}}
+                "phases_s": {k: phases[k] for k in PHASES}, "peak_mem_bytes": self.peak_mem}
+
+
+def _cuda_in_use() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def install_hooks(rec: Recorder) -> None:
@@ -193,7 +214,7 @@ def pisweep_job(opts, work: Path, shards, name: str, config: dict | None, sample
     study = Study(name="bench", output_root=str(work / "pisweep-out"),
                   data=DataSpec(train={"bench": ScaleData(shards=shards.pattern, samples=samples)}),
                   model=ModelSpec(name=name, config=config),
-                  stage2=Stage2Spec(global_batch_size=opts.batch, workers=opts.workers, precision="fp32",
+                  stage2=Stage2Spec(global_batch_size=opts.batch, workers=opts.workers, precision=opts.precision,
                                     augment=False, log_every_steps=opts.log_every, checkpoint_every_steps=10 ** 9,
                                     grad_clip=3.0, optim=OptimSpec(lr=5e-4, warmup_steps=opts.lr_warmup)),
                   grid=GridSpec(scale=["bench"]), wandb=WandbSpec(mode="disabled"))
@@ -205,7 +226,8 @@ def pisweep_job(opts, work: Path, shards, name: str, config: dict | None, sample
 
 def peer_argv(opts, work: Path, shards, name: str, samples: int, run: int) -> list[str]:
     return ["--train-data", shards.pattern, "--train-num-samples", str(samples), "--dataset-type", "webdataset",
-            "--model", name, "--batch-size", str(opts.batch), "--epochs", "1", "--precision", "fp32",
+            "--model", name, "--batch-size", str(opts.batch), "--epochs", "1",
+            "--precision", "amp_bf16" if opts.precision == "bf16" else "fp32",
             "--workers", str(opts.workers), "--lr", "5e-4", "--wd", "0.1", "--beta1", "0.9", "--beta2", "0.98",
             "--eps", "1e-8", "--warmup", str(opts.lr_warmup), "--grad-clip-norm", "3",
             "--log-every-n-steps", str(opts.log_every), "--seed", "0", "--report-to", "",
@@ -235,7 +257,9 @@ def drive(opts: argparse.Namespace) -> int:
     common = ["--threads", str(opts.threads), "--warmup", str(opts.warmup), "--steps", str(opts.steps),
               "--batch", str(opts.batch)]
     me = [sys.executable, str(Path(__file__).resolve())]
-    peer_me = [opts.peer_python or sys.executable, str(Path(__file__).resolve())]
+    # absolute but not resolved: a venv's python is a symlink, and resolving it would leave the venv
+    peer_me = [str(Path(opts.peer_python).absolute()) if opts.peer_python else sys.executable,
+               str(Path(__file__).resolve())]
     results: dict[str, list[dict]] = {"pisweep": [], "open_clip_train": []}
     commands: dict[str, str] = {}
     for rep in range(opts.reps):
@@ -253,21 +277,49 @@ def drive(opts: argparse.Namespace) -> int:
                        *peer_argv(opts, work, shards, name, samples, rep)]
             commands.setdefault(side, shlex.join(cmd))
             res = run_child(cmd, env, out, work / f"{side}-{rep}.log")
+            os.sync()  # the checkpoint a run wrote at its end is on disk before the next run starts
             results[side].append(res)
             print(f"  run {rep + 1}/{opts.reps} {side:>15}: {res['samples_per_s']:8.2f} samples/s", flush=True)
-    report(opts, commands, results, samples)
+    shutil.rmtree(work / "pisweep-run", ignore_errors=True)  # the last runs' checkpoints (GBs for ViT-B-32)
+    shutil.rmtree(work / "peer-logs", ignore_errors=True)
+    flops = gpu_flops(opts, name, config) if opts.precision == "bf16" else None
+    report(opts, commands, results, samples, flops)
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"options": vars(opts), "commands": commands, "runs": results},
-                                              indent=2))
+        Path(opts.json).write_text(json.dumps({"options": vars(opts), "commands": commands, "runs": results,
+                                               "gpu": flops}, indent=2))
     return 0
 
 
-def report(opts, commands: dict[str, str], results: dict[str, list[dict]], samples: int) -> None:
+def gpu_flops(opts, name: str, config: dict | None) -> dict[str, Any] | None:
+    """FLOPs per sample (forward + backward, counted) and the GPU's bf16 ceilings, for MFU; None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    from open_clip.loss import ClipLoss
+
+    import step_mfu
+    from pisweep.models import create_model
+
+    model, _, _, tokenizer = create_model(name, config, device="cpu")
+    dev = torch.device("cuda")
+    model = model.to(dev)
+    images, texts = step_mfu.model_inputs(model, tokenizer, 8, dev)
+    per_sample = step_mfu.flops_per_sample(model, ClipLoss(), images, texts, dev, "bf16")
+    device_name = torch.cuda.get_device_name()
+    del model
+    torch.cuda.empty_cache()
+    return {"flops_per_sample": per_sample, "device": device_name, "matmul_tflops": step_mfu.matmul_ceiling(),
+            "datasheet_tflops": step_mfu.datasheet_peak(device_name)}
+
+
+def report(opts, commands: dict[str, str], results: dict[str, list[dict]], samples: int,
+           gpu: dict[str, Any] | None = None) -> None:
     """Both commands, every run, and the best and median run of each side with their ratios. On a shared machine
     the best run is the one least disturbed by other work (the usual practice for timings, as in timeit); the
     medians are printed too. The phases are those of each side's best run."""
-    print(f"\nmodel {opts.model}, global batch {opts.batch}, fp32, {opts.threads} threads, {opts.workers} loader "
-          f"worker(s), lr warm-up {opts.lr_warmup} steps, {opts.warmup} warm-up + {opts.steps} timed steps, "
+    print(f"\nmodel {opts.model}, global batch {opts.batch}, {opts.precision}, {opts.threads} threads, "
+          f"{opts.workers} loader worker(s), lr warm-up {opts.lr_warmup} steps, {opts.warmup} warm-up + {opts.steps} timed steps, "
           f"{opts.reps} runs each, alternating")
     for side, cmd in commands.items():
         print(f"{side} command: {cmd}")
@@ -286,6 +338,16 @@ def report(opts, commands: dict[str, str], results: dict[str, list[dict]], sampl
         cells = [f"{r['phases_s'][p] / r['steps'] * 1000:9.1f} ms {r['phases_s'][p] / r['wall_s']:5.1%}"
                  for p in PHASES]
         print(f"{side:>15}  " + "  ".join(f"{c:>18}" for c in cells))
+    if gpu:
+        print(f"GPU {gpu['device']}: {gpu['flops_per_sample'] / 1e9:.1f} GFLOP per sample (forward + backward); bf16 "
+              f"ceiling {gpu['matmul_tflops']:.0f} TFLOP/s measured (8192^3 matmul), "
+              f"{gpu['datasheet_tflops'] or 'unknown'} datasheet")
+        for side, r in best.items():
+            achieved = r["samples_per_s"] * gpu["flops_per_sample"] / 1e12
+            sheet = f", {achieved / gpu['datasheet_tflops']:.1%} of datasheet" if gpu["datasheet_tflops"] else ""
+            mem = r.get("peak_mem_bytes")
+            print(f"{side:>15}: {achieved:6.1f} TFLOP/s, MFU {achieved / gpu['matmul_tflops']:.1%} of measured"
+                  f"{sheet}; peak GPU memory {mem / 2 ** 30 if mem else float('nan'):.1f} GiB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64, help="global batch (one process on each side)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast on the GPU (open_clip_train's amp_bf16); fp32 on the CPU")
     p.add_argument("--warmup", type=int, default=5, help="steps run before the timed ones")
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--lr-warmup", type=int, default=10)

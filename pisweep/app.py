@@ -17,8 +17,8 @@ from .ledger.db import Ledger
 from .ledger.ingest import ingest, record_study, set_eval_states, set_job_state
 from .ledger.lock import file_lock
 from .ledger.queries import (Snapshot, disk_total, disk_use, eval_counts, eval_state_counts_by_job, eval_tasks_at,
-                             eval_tasks_present, events_seen_counts, get_meta, job_folders, last_main_metric,
-                             open_snapshot, set_meta, snapshot, weights_after)
+                             eval_tasks_present, events_seen_counts, get_meta, init_val_2afc, job_folders,
+                             last_main_metric, open_snapshot, set_meta, snapshot, weights_after)
 from .plan import Layout, Plan, make_plan
 from .studyref import StudyRef, remember
 from .work import Work, next_work
@@ -294,6 +294,7 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
         matching, key=lambda c: (_RELEVANCE.get(c["state"], 5), c["kind"] != "init", c["label"]))[:limit]
     uids = [c["uid"] for c in shown]
     last = last_main_metric(s.ledger, s.name, main_task, uids)
+    init_2afc = init_val_2afc(s.ledger, [c["uid"] for c in shown if c["kind"] == "init"])
     counts = eval_counts(s.ledger, s.name, s.suite_version, uids)
     disk = disk_use(s.ledger, s.name, uids)
     for cell in shown:
@@ -303,6 +304,10 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
             cell["main_metric"] = ({"task": main_task, "epoch": epoch_value[0], "value": epoch_value[1]}
                                    if epoch_value else None)
             cell["evals"] = counts.get(cell["uid"], {})
+        elif cell["kind"] == "init":
+            epoch_value = init_2afc.get(cell["uid"])
+            cell["main_metric"] = ({"task": "nights", "metric": "val_2afc", "epoch": epoch_value[0],
+                                    "value": epoch_value[1]} if epoch_value else None)
     data.cells = shown
     open_counts = eval_state_counts_by_job(s.ledger, s.name, s.suite_version)
     data.groups = _status_groups(cells, open_counts)

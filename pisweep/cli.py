@@ -256,7 +256,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in sorted(data["summary"].items()))
     evals = ", ".join(f"{n} {k}" for k, n in sorted(data["evals"].items()) if k != "missing_data")
     out.print(f"{summary}  ·  evals {evals or 'none open or failed'}  ·  disk {fmt_bytes(data['disk_bytes'])}  ·  "
-              f"main metric: {ref.study.eval.main_task}  ·  ledger {data['ledger']}")
+              f"main metric: {ref.study.eval.main_task} (inits: NIGHTS val 2AFC of the epoch handed on)  ·  "
+              f"ledger {data['ledger']}")
     if data["coverage"]["tasks_missing"]:
         out.print(f"[dim]tasks without data ({len(data['coverage']['tasks_missing'])}): "
                   + ", ".join(sorted(data["coverage"]["tasks_missing"])) + "[/]")

@@ -58,3 +58,17 @@ class JobContext:
         """Replace any handler (submitit's included) with one that only sets the stop flag."""
         for sig in signals:
             signal.signal(sig, lambda signum, _frame: self.request_stop(signal.Signals(signum).name))
+
+
+@dataclass
+class StopAfter(JobContext):
+    """A job context whose stop flag is raised, as by ``signal_name``, once ``stop_at`` steps are done: the loops
+    then stop exactly as after that signal. For resume tests and benchmarks, in-process and deterministic."""
+
+    stop_at: int = 10 ** 9
+    signal_name: str = "SIGUSR2"
+
+    def should_stop(self) -> bool:
+        if self.step >= self.stop_at and not super().should_stop():
+            self.request_stop(self.signal_name)
+        return super().should_stop()

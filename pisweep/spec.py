@@ -6,7 +6,6 @@ a hyper-parameter names its source (shared/reference/paper-protocol.md, "§" bel
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

@@ -67,6 +67,19 @@ def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
             assert cell["epoch"] == cell["epochs"] == 2 and cell["attempts"] == 1
             assert cell["main_metric"]["task"] == "imagenet1k" and cell["main_metric"]["epoch"] == 2
             assert cell["evals"].get("done") == 2 * 6 and cell["evals"].get("missing_data") == 2 * 25
+    # An init cell shows the NIGHTS val 2AFC of the epoch it handed on (its lowest validation loss).
+    out = Path(yaml.safe_load(study_file.read_text())["output_root"])
+    led = Ledger(out / "ledger.sqlite")
+    with led.engine.connect() as conn:
+        for cell in (c for c in status["cells"] if c["kind"] == "init"):
+            losses = dict(conn.execute(select(t.metrics.c.epoch, t.metrics.c.value).where(
+                t.metrics.c.job_uid == cell["uid"], t.metrics.c.metric == "val_loss")).all())
+            best = min(losses, key=lambda e: (losses[e], e))
+            value = conn.execute(select(t.metrics.c.value).where(
+                t.metrics.c.job_uid == cell["uid"], t.metrics.c.epoch == best,
+                t.metrics.c.metric == "nights_val_2afc")).scalar_one()
+            assert cell["main_metric"] == {"task": "nights", "metric": "val_2afc", "epoch": best, "value": value}
+    led.close()
 
 
 def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):

@@ -220,10 +220,10 @@ def test_a_state_saved_by_one_rank_resumes_on_two_in_the_same_sample_order(tmp_p
     from pisweep.jobctx import Preempted
     from pisweep.spec_load import study_from_json
     from pisweep.train.stage2 import run_stage2
-    from test_train_resume import StopAt
+    from pisweep.jobctx import StopAfter
 
     job = JobFile.read(write_job(tmp_path, epochs=2))
-    ctx = StopAt(uid=job.uid, folder=Path(job.folder), stop_at=3)
+    ctx = StopAfter(uid=job.uid, folder=Path(job.folder), stop_at=3)
     with pytest.raises(Preempted):
         run_stage2(ctx, study_from_json(job.study), **{k: v for k, v in job.params.items() if k != "init_weights"},
                    init_weights=None)

@@ -6,7 +6,6 @@ import io
 import json
 import re
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +16,12 @@ from PIL import Image
 from pisweep.atomic import sha256_file
 from pisweep.errors import TrainingError
 from pisweep.events import read_events
-from pisweep.jobctx import JobContext, Preempted
+from pisweep.jobctx import JobContext, Preempted, StopAfter
 from pisweep.models import TINY_CONFIG
 from pisweep.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
 from pisweep.train.stage2 import run_stage2
 
 NAME = "pisweep-tiny"
-
-
-@dataclass
-class StopAt(JobContext):
-    """A job context whose stop flag is raised (as by SIGUSR2) once ``stop_at`` steps are done."""
-
-    stop_at: int = 10 ** 9
-
-    def should_stop(self) -> bool:
-        if self.step >= self.stop_at and not super().should_stop():
-            self.request_stop("SIGUSR2")
-        return super().should_stop()
 
 
 @pytest.fixture
@@ -91,7 +78,7 @@ def test_preempted_and_resumed_run_is_bitwise_identical(tmp_path, one_thread):
 
     folder = tmp_path / "cut"
     for stop_at in (3, 7):  # mid epoch 1, then mid epoch 2, each time in a fresh call, with a loader worker
-        ctx = StopAt(uid="cut", folder=folder, stop_at=stop_at)
+        ctx = StopAfter(uid="cut", folder=folder, stop_at=stop_at)
         with pytest.raises(Preempted) as info:
             train(ctx, study(pattern, workers=1), pattern)
         assert info.value.step == stop_at and info.value.signal_name == "SIGUSR2"
@@ -125,7 +112,7 @@ def test_resume_state_of_another_training_or_garbage_is_refused(tmp_path):
     pattern = make_shards(tmp_path / "shards", [40])
     folder = tmp_path / "run"
     with pytest.raises(Preempted):
-        train(StopAt(uid="r", folder=folder, stop_at=2), study(pattern), pattern)
+        train(StopAfter(uid="r", folder=folder, stop_at=2), study(pattern), pattern)
     with pytest.raises(TrainingError, match=r"different training .*seed"):
         train(JobContext(uid="r", folder=folder), study(pattern), pattern, seed=1)
     (folder / "resume" / "state.pt").write_bytes(b"not a checkpoint")
@@ -137,7 +124,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     pattern = make_shards(tmp_path / "shards", [40])
     folder = tmp_path / "run"
     with pytest.raises(Preempted):  # epoch 1 completes, then the stop is seen at the start of epoch 2
-        train(StopAt(uid="r", folder=folder, stop_at=5), study(pattern), pattern)
+        train(StopAfter(uid="r", folder=folder, stop_at=5), study(pattern), pattern)
     good = {p: sha256_file(folder / p) for p in ("checkpoints/epoch_1.pt", "resume/state.pt")}
 
     exploding = study(pattern, lr=1e30, warmup_steps=0)
@@ -154,12 +141,12 @@ def test_state_with_non_finite_weights_is_never_written(tmp_path):
     pattern = make_shards(tmp_path / "shards", [40])
     folder = tmp_path / "run"
     with pytest.raises(Preempted):
-        train(StopAt(uid="r", folder=folder, stop_at=2), study(pattern), pattern)
+        train(StopAfter(uid="r", folder=folder, stop_at=2), study(pattern), pattern)
     good = sha256_file(folder / "resume" / "state.pt")
     state = torch.load(folder / "resume" / "state.pt", weights_only=False)
     state["model"]["visual.proj"][0, 0] = float("nan")  # e.g. an overflow that the loss did not show yet
     torch.save(state, folder / "resume" / "state.pt")
     poisoned = sha256_file(folder / "resume" / "state.pt")
     with pytest.raises(TrainingError, match="non-finite"):
-        train(StopAt(uid="r", folder=folder, stop_at=3), study(pattern), pattern)
+        train(StopAfter(uid="r", folder=folder, stop_at=3), study(pattern), pattern)
     assert sha256_file(folder / "resume" / "state.pt") == poisoned != good

@@ -9,7 +9,7 @@ import yaml
 
 from pisweep import app
 from pisweep.events import read_events
-from pisweep.jobctx import JobContext, Preempted
+from pisweep.jobctx import JobContext, Preempted, StopAfter
 from pisweep.ledger.queries import disk_use
 from pisweep.models import TINY_CONFIG
 from pisweep.plan import make_plan
@@ -17,7 +17,7 @@ from pisweep.spec import EvalSpec
 from pisweep.studyref import resolve
 from pisweep.train.stage2 import run_stage2
 
-from test_train_resume import StopAt, make_shards, study
+from test_train_resume import make_shards, study
 
 
 def train(folder: Path, s, pattern: str, epochs: int, ctx: JobContext | None = None) -> JobContext:
@@ -49,7 +49,7 @@ def test_resume_state_shrinks_to_a_marker_when_the_run_is_done_unless_kept(tmp_p
     pattern = make_shards(tmp_path / "shards", [40])
     folder = tmp_path / "run"
     with pytest.raises(Preempted):
-        train(folder, study(pattern), pattern, 2, StopAt(uid="r", folder=folder, stop_at=3))
+        train(folder, study(pattern), pattern, 2, StopAfter(uid="r", folder=folder, stop_at=3))
     full = (folder / "resume" / "state.pt").stat().st_size
     ctx = train(folder, study(pattern), pattern, 2)
     marker = folder / "resume" / "state.pt"
@@ -86,7 +86,7 @@ def test_disk_use_counts_each_file_once_at_its_size_on_disk(tmp_path):
         folders = {r.uid: s.layout.run_dir(r.uid) for r in (done, cut)}
         train(folders[done.uid], ref.study, pattern, 2, JobContext(uid=done.uid, folder=folders[done.uid]))
         with pytest.raises(Preempted):  # mid epoch 2: the resume state holds model and optimizer
-            train(folders[cut.uid], ref.study, pattern, 2, StopAt(uid=cut.uid, folder=folders[cut.uid], stop_at=7))
+            train(folders[cut.uid], ref.study, pattern, 2, StopAfter(uid=cut.uid, folder=folders[cut.uid], stop_at=7))
         app.reconcile(s)
         on_disk = {uid: sum(p.stat().st_size for p in [*f.glob("checkpoints/*.pt"), *f.glob("resume/*.pt")])
                    for uid, f in folders.items()}

@@ -3,7 +3,6 @@ loadable init.pt, 2AFC follows DreamSim, the shuffled control permutes votes det
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from pisweep.atomic import sha256_file
 from pisweep.data.nights import score_2afc
 from pisweep.errors import TrainingError
 from pisweep.events import read_events
-from pisweep.jobctx import JobContext, Preempted
+from pisweep.jobctx import JobContext, Preempted, StopAfter
 from pisweep.models import TINY_CONFIG, create_model
 from pisweep.spec import (DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage1Spec, Study, WandbSpec)
 from pisweep.train.stage1 import _Stage1, hinge_loss, run_stage1, triplet_distances
@@ -74,14 +73,6 @@ def events(folder: Path, kind: str) -> list[dict]:
     return [e["data"] for _, e in read_events(folder) if e["kind"] == kind]
 
 
-@dataclass
-class StopAt(JobContext):
-    stop_at: int = 10 ** 9
-
-    def should_stop(self) -> bool:
-        if self.step >= self.stop_at and not super().should_stop():
-            self.request_stop("SIGTERM")
-        return super().should_stop()
 
 
 def test_loss_decreases_and_lowest_val_loss_init_loads_into_a_fresh_model(tmp_path, nights_root):
@@ -188,7 +179,7 @@ def test_preempted_stage1_resumes_to_the_same_init(tmp_path, nights_root, one_th
     ref = run_stage1(JobContext(uid="ref", folder=tmp_path / "ref"), s, "shuffled", 0, nights_root)
     folder = tmp_path / "cut"
     with pytest.raises(Preempted) as info:
-        run_stage1(StopAt(uid="cut", folder=folder, stop_at=4), s, "shuffled", 0, nights_root)
+        run_stage1(StopAfter(uid="cut", folder=folder, stop_at=4, signal_name="SIGTERM"), s, "shuffled", 0, nights_root)
     assert info.value.step == 4
     cut = run_stage1(JobContext(uid="cut", folder=folder), s, "shuffled", 0, nights_root)
     a, b = torch.load(ref, weights_only=True), torch.load(cut, weights_only=True)

@@ -33,8 +33,11 @@ if TYPE_CHECKING:
 
 def iterate_in_order(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int) -> Iterator[list]:
     """Batches (lists) of items in index order, decoded by ``num_workers`` processes (0: in this one)."""
+    from ..train.workers import ignore_stop_signals  # SLURM signals every process: only the job decides
+
     yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                           collate_fn=list)
+                                           collate_fn=list,
+                                           worker_init_fn=ignore_stop_signals if num_workers else None)
 
 
 CACHE_FORMAT = 1

@@ -215,6 +215,29 @@ def eval_counts(ledger: Ledger, study: str, suite_version: str,
     return out
 
 
+def init_val_2afc(ledger: Ledger, uids: list[str]) -> dict[str, tuple[int, float | None]]:
+    """Per stage-1 init job: (epoch, NIGHTS val 2AFC) of the epoch it handed on (the lowest validation loss), or of
+    its latest epoch while it is still training."""
+    if not uids:
+        return {}
+    params = {f"u{i}": u for i, u in enumerate(uids)}
+    marks = ", ".join(f":u{i}" for i in range(len(uids)))
+    with ledger.engine.connect() as conn:
+        values = conn.execute(text(
+            f"SELECT job_uid, epoch, value FROM metrics WHERE job_uid IN ({marks}) AND task = 'train' "
+            "AND metric = 'nights_val_2afc'"), params).all()
+        chosen = dict(conn.execute(text(
+            f"SELECT job_uid, epoch FROM checkpoints WHERE job_uid IN ({marks}) AND kind = 'init'"), params).all())
+    out: dict[str, tuple[int, float | None]] = {}
+    for uid, epoch, value in values:
+        if uid in chosen:
+            if epoch == chosen[uid]:
+                out[uid] = (epoch, value)
+        elif uid not in out or epoch > out[uid][0]:
+            out[uid] = (epoch, value)
+    return out
+
+
 def last_main_metric(ledger: Ledger, study: str, task: str,
                      uids: list[str] | None = None) -> dict[str, tuple[int, float | None]]:
     """Per run: (epoch, main value) of ``task`` at the latest evaluated epoch (only ``uids`` when given)."""
@@ -265,10 +288,8 @@ def disk_use(ledger: Ledger, study: str, uids: list[str] | None = None) -> dict[
 
 
 def disk_total(ledger: Ledger, study: str) -> int:
-    with ledger.engine.connect() as conn:
-        return int(conn.execute(select(func.coalesce(func.sum(t.checkpoints.c.bytes), 0))
-                                .join(t.jobs, t.jobs.c.uid == t.checkpoints.c.job_uid)
-                                .where(t.jobs.c.study == study)).scalar() or 0)
+    """Bytes of the study's checkpoint files on disk (each file once, at its latest size; see disk_use)."""
+    return sum(disk_use(ledger, study).values())
 
 
 def eval_state_counts_by_job(ledger: Ledger, study: str, suite_version: str) -> dict[str, dict[str, int]]:

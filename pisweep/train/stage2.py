@@ -78,6 +78,25 @@ def load_visual(model: torch.nn.Module, path: Path) -> None:
         raise TrainingError(f"init weights {path} do not fit model's vision tower: {exc}") from exc
 
 
+def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: ClipLoss,
+                     optimizer: torch.optim.Optimizer, images: torch.Tensor, texts: torch.Tensor,
+                     dev: torch.device, precision: str, grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stage-2 optimizer step: forward under the run's autocast, ClipLoss, backward, gradient clipping, AdamW,
+    logit-scale clamp. ``net`` is what runs forward (the DDP wrapper with several ranks), ``model`` the bare model.
+    Returns the loss and the logit scale, detached and still on the device: no host sync."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(dev, precision):
+        image_f, text_f, scale = net(images, texts)
+        loss = loss_fn(image_f, text_f, scale)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        unwrap(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return loss.detach(), scale.detach()
+
+
 def run_stage2(ctx: JobContext, study: Study, *, init: str, init_weights: Path | None, shards: str,
                samples: int, epochs: int, seed: int, device: str = "cpu") -> None:
     """Train one stage-2 run in ``ctx.folder``, resuming from ``resume/state.pt`` when present."""
@@ -298,20 +317,12 @@ class _Stage2:
         texts = texts.to(self.dev, non_blocking=True)
         lr = cosine_lr(self.step, self.total_steps, self.s2.optim)
         set_lr(self.optimizer, lr)
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.dev, self.s2.precision):
-            image_f, text_f, scale = self.net(images, texts)
-            loss = self.loss_fn(image_f, text_f, scale)
-        loss.backward()
-        if self.s2.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s2.grad_clip)
-        self.optimizer.step()
-        with torch.no_grad():
-            unwrap(self.model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        loss, scale = contrastive_step(self.net, self.model, self.loss_fn, self.optimizer, images, texts,
+                                       self.dev, self.s2.precision, self.s2.grad_clip)
         self.step += 1
         self.batch += 1
         self.ctx.step = self.step
-        self.pending.append((self.step, lr, loss.detach(), scale.detach()))
+        self.pending.append((self.step, lr, loss, scale))
 
     def _preempt(self) -> None:
         self._flush()

@@ -63,6 +63,7 @@ def release_held(cluster, job_id: str) -> bool:
     """A requeued job is held ~120 s (BeginTime); let it start now. True once it was pending and released."""
     fields = cluster.job_fields(job_id)
     if fields.get("JobState") == "PENDING":
+        time.sleep(3)  # released within the same second, slurmd once refused the launch (credential revoked)
         cluster.client("scontrol", "update", f"JobId={job_id}", "StartTime=now")
         return True
     return False
