@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pisweep.plan import make_plan
 from pisweep.spec_load import load_study
 
@@ -65,7 +67,9 @@ def test_main_yaml_is_the_papers_study():
 def test_suite_keys_match_paper_protocol():
     from pisweep.eval.registry import CLASSIFICATION_KEYS, RETRIEVAL_KEYS
 
-    ref = ROOT.parent / "shared" / "reference" / "paper-protocol.md"
+    ref = ROOT.parent / "shared" / "reference" / "paper-protocol.md"  # the team's reference, beside the checkout
+    if not ref.exists():
+        pytest.skip(f"{ref} is not there (a checkout outside the workspace): nothing to compare the suite with")
     text = ref.read_text()
     section = text[text.index("### 1.6"):text.index("### 1.7")]
     head = section[:section.index("- Total classification")]
