@@ -195,7 +195,7 @@ def main() -> int:
             os.environ["PISWEEP_HOME"] = env["PISWEEP_HOME"]
             t = time.time()
             spec = write_spec(out, args.scales, args.seeds)
-            s = app.open_read_session(resolve(str(spec)))
+            s = app.open_session(resolve(str(spec)))
             app.record(s)
             log(f"building {ledger_path}: {len(s.plan.runs)} runs x {EPOCHS} epochs x {len(s.plan.tasks)} tasks")
             counts = fill(s, log)

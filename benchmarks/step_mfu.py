@@ -77,7 +77,8 @@ def flops_per_sample(model, loss_fn, images, texts, device, precision: str) -> f
             loss = loss_fn(image_f, text_f, scale)
         loss.backward()
     model.zero_grad(set_to_none=True)
-    torch.cuda.synchronize() if device.type == "cuda" else None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return counter.get_total_flops() / images.shape[0]
 
 

@@ -70,20 +70,19 @@ class Recorder:
         now = time.perf_counter()
         self.add("optimizer", now - self._opt_start)
         self.done += 1
-        if self.done in (self.warmup, self.warmup + self.steps) and _cuda_in_use():
+        cuda = self.done in (self.warmup, self.warmup + self.steps) and _cuda_in_use()
+        if cuda:
             import torch
 
             torch.cuda.synchronize()  # the window holds exactly the GPU work of its steps
             now = time.perf_counter()
-            if self.done == self.warmup:
-                torch.cuda.reset_peak_memory_stats()
         if self.done == self.warmup:
             self.measuring, self.t0 = True, now
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
         elif self.done == self.warmup + self.steps:
             self.measuring, self.t1 = False, now
-            if _cuda_in_use():
-                import torch
-
+            if cuda:
                 self.peak_mem = torch.cuda.max_memory_allocated()
 
     def result(self, batch: int) -> dict[str, Any]:

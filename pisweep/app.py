@@ -41,6 +41,12 @@ class Session:
     def close(self) -> None:
         self.ledger.close()
 
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
 
 def suite_version() -> str:
     from .eval.registry import SUITE_VERSION
@@ -52,11 +58,6 @@ def open_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None) ->
     plan = make_plan(ref.study)
     ledger = Ledger(ref.ledger_path, on_wait=on_wait)
     return Session(ref, ledger, plan, Layout(Path(ref.study.output_root)), suite_version())
-
-
-def open_read_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None) -> Session:
-    """A session for status and report (the plan's list of eval items is built only if something asks for it)."""
-    return open_session(ref, on_wait)
 
 
 def reconcile(s: Session) -> Work:

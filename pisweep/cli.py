@@ -167,8 +167,7 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
 
     with DataProgress(err) as progress:
         prepared = app.check(ref, progress=progress)
-    s = app.open_session(ref, on_wait=_waiting)
-    try:
+    with app.open_session(ref, on_wait=_waiting) as s:
         app.record(s, force=getattr(args, "force", False))
         pf = prepared.preflight
         if ref.study.executor.name == "slurm":
@@ -191,8 +190,6 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
             out.print(f"state saved; continue with `pisweep resume {s.name}`")
             return 130
         return 1 if o.failed else 0
-    finally:
-        s.close()
 
 
 def _submit_slurm(app, s, prepared) -> int:
@@ -213,12 +210,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from .studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    s = app.open_session(ref, on_wait=_waiting)
-    try:
+    with app.open_session(ref, on_wait=_waiting) as s:
         app.reconcile_slurm(s)
         ids = app.cancel(s, args.job)
-    finally:
-        s.close()
     out.print(f"cancelled {len(ids)} SLURM jobs" + (f": {', '.join(ids)}" if ids else ""))
     return 0
 
@@ -232,12 +226,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    s = app.open_read_session(ref, on_wait=_waiting)
-    try:
+    with app.open_session(ref, on_wait=_waiting) as s:
         limit = None if args.limit == 0 else args.limit
         data = app.status(s, state=args.state, limit=limit).to_json()
-    finally:
-        s.close()
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -273,9 +264,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    s = app.open_read_session(ref, on_wait=_waiting)
     full = bool(args.json or args.html or args.md)
-    try:
+    with app.open_session(ref, on_wait=_waiting) as s:
         opts = check_options(Options(main_task=args.main_task or ref.study.eval.main_task, resamples=args.resamples,
                                      holm_resamples=args.holm_resamples, seed=args.seed, full=full,
                                      per_example=not args.seed_level), s.plan.tasks)
@@ -287,8 +277,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
             rows = write_metric_rows(load_study(s.ledger, ref.study, s.plan, s.suite_version, opts.main_task),
                                      Path(args.csv))
-    finally:
-        s.close()
     from .report import figures
 
     # The PNG of the main benchmark: asked for, or with --json (scripts get its path); the terminal report
@@ -336,12 +324,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    s = app.open_session(ref, on_wait=_waiting)
-    try:
+    with app.open_session(ref, on_wait=_waiting) as s:
         app.reconcile(s)
         job = app.find_job(s, args.job)
-    finally:
-        s.close()
     if job is None:
         raise StudyNotFound(f"study {ref.study.name!r} has no job {args.job!r} (give a uid prefix or a label)")
     log = job.get("log_path")

@@ -87,7 +87,7 @@ def make_study(root: Path, *, seeds=(0, 1), inits=("random", "perceptual"), reac
             listing.write_text("1\n")
     spec = root / "rep.yaml"
     spec.write_text(spec_text(root, seeds, inits))
-    s = app.open_read_session(resolve(str(spec)))
+    s = app.open_session(resolve(str(spec)))
     app.record(s)
     reached = reached or {}
     for run in s.plan.runs:

@@ -81,6 +81,15 @@ def job_row(path: Path, label: str):
         s.close()
 
 
+def wait_for_state(cluster, path: Path, label: str, state: str, timeout_s: float):
+    """The cell's job row once ``pisweep`` (read through the ledger) shows it in ``state``."""
+    def reached():
+        row, _ = job_row(path, label)
+        return row if row.state == state else None
+
+    return cluster.wait_until(reached, timeout_s, f"{label} to show as {state}")
+
+
 def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tmp_path, synth_root):
     name = f"slurm-ci-{int(time.time())}"  # unique: sacct keeps the jobs of earlier runs under their names
     path = write_study(tmp_path, synth_root, name)
@@ -189,11 +198,7 @@ def test_failed_init_blocks_its_runs(slurm_cluster, tmp_path, synth_root):
     slurm_cluster.track(init.scheduler_id)
     slurm_cluster.track(train.scheduler_id)
 
-    def blocked():
-        row, _ = job_row(path, "perceptual-tiny-e2-s0")
-        return row if row.state == "blocked" else None
-
-    row = slurm_cluster.wait_until(blocked, 180, "the perceptual run to show as blocked")
+    row = wait_for_state(slurm_cluster, path, "perceptual-tiny-e2-s0", "blocked", 180)
     assert "init-perceptual-s0 failed" in row.reason and "DataError" in row.reason
     init, attempts = job_row(path, "init-perceptual-s0")
     assert init.state == "failed" and [a["outcome"] for a in attempts] == ["failed"]
@@ -217,11 +222,7 @@ def test_job_cancelled_outside_pisweep_shows_vanished_and_resume_resubmits(slurm
     slurm_cluster.wait_until(lambda: list(events.glob("*-checkpoint.json")), 240, "the first checkpoint")
     slurm_cluster.client("scancel", row0.scheduler_id)  # outside pisweep
 
-    def vanished():
-        row, _ = job_row(path, "random-tiny-e200-s0")
-        return row if row.state == "vanished" else None
-
-    row = slurm_cluster.wait_until(vanished, 120, "the cancelled job to show as vanished")
+    row = wait_for_state(slurm_cluster, path, "random-tiny-e200-s0", "vanished", 120)
     assert "cancelled outside pisweep" in row.reason or "neither squeue nor sacct" in row.reason
     other, _ = job_row(path, "random-tiny-e200-s1")
     assert other.state in ("queued", "running")
