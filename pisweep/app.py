@@ -4,18 +4,18 @@ The CLI turns these results into rich tables or JSON; tests call them directly.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .datapaths import DataPaths, Preflight, preflight, resolve
 from .ledger.db import Ledger
 from .ledger.ingest import ingest, record_study, set_eval_states, set_job_state
-from .ledger.lock import file_lock
 from .ledger.queries import (Snapshot, disk_total, disk_use, eval_counts, eval_state_counts_by_job, eval_tasks_at,
                              eval_tasks_present, events_seen_counts, get_meta, init_val_2afc, job_folders,
                              last_main_metric, open_snapshot, set_meta, snapshot, weights_after)
@@ -73,8 +73,11 @@ def reconcile(s: Session) -> Work:
 
 
 def _reconcile(s: Session) -> tuple[Work, Snapshot]:
+    from .executors.local import close_lost_attempts
+
     if _events_pending(s):
         ingest(s.ledger, s.name)
+    close_lost_attempts(s.ledger, s.name)
     _queue_missing_evals(s)
     snap = open_snapshot(s.ledger, s.name, s.suite_version)
     work = next_work(s.plan, snap, s.ref.study.executor.max_failures)
@@ -155,20 +158,43 @@ class RunResult:
     wall_s: float = 0.0
 
 
-def run_local(s: Session, prepared: Prepared, reporter, on_wait: Callable[[str], None] | None = None) -> RunResult:
-    """Run what is left of the study on this machine (one scheduler per study at a time: a lock)."""
-    from .executors.local import LocalExecutor
+@contextlib.contextmanager
+def controlling(ref: StudyRef, purpose: str) -> Iterator[None]:
+    """Be the study's one controller for the block: hold its controller lock (a live one refuses at once, naming
+    itself: StudyBusy) and claim its output root for this ledger (another ledger's root is refused)."""
+    from .executors.controller import hold_controller
+    from .ledger.owner import claim_output_root
 
-    with file_lock(s.ledger.path.with_name(s.ledger.path.name + ".run.lock"), f"running study {s.name}", on_wait):
-        work = reconcile(s)
-        if work.empty():
-            return RunResult(True, work_before=work)
-        t0 = time.time()
-        ex = LocalExecutor(s.ledger, s.ref.study, s.ref.study_json, s.plan, prepared.paths, s.layout, s.suite_version,
-                           reporter)
-        outcome = ex.run()
-        reconcile(s)
-        return RunResult(False, outcome, work, time.time() - t0)
+    with hold_controller(ref.study.output_root, ref.study.name, purpose):
+        claim_output_root(ref.study.output_root, ref.ledger_path)
+        yield
+
+
+def run_local(s: Session, prepared: Prepared, reporter, stop=None) -> RunResult:
+    """Run what is left of the study on this machine; call inside :func:`controlling`.
+
+    ``stop`` (executors.stopping.StopRequest) says which signals and streams end the run; by default SIGINT,
+    SIGTERM and SIGHUP."""
+    from .executors.local import LocalExecutor, remove_interrupted_writes
+    from .executors.schedlog import SchedulerLog, scheduler_log_path
+
+    log = SchedulerLog(scheduler_log_path(s.layout.root))
+    work = reconcile(s)  # closes the attempts a killed controller left open
+    removed = remove_interrupted_writes(s.ledger, s.name)
+    if work.empty():
+        return RunResult(True, work_before=work)
+    log.line(f"scheduler started for study {s.name} (ledger {s.ledger.path}): {len(work.inits)} inits and "
+             f"{len(work.runs)} runs to run, {sum(map(len, work.evals.values()))} evals due"
+             + (f"; removed {removed} temp files of interrupted writes" if removed else ""))
+    t0 = time.time()
+    ex = LocalExecutor(s.ledger, s.ref.study, s.ref.study_json, s.plan, prepared.paths, s.layout, s.suite_version,
+                       reporter, stop=stop, log=log)
+    outcome = ex.run()
+    reconcile(s)
+    if not outcome.interrupted:
+        log.line(f"scheduler finished: {outcome.completed} jobs completed, {outcome.failed} failed, "
+                 f"{outcome.stopped} stopped, {outcome.evals} evals run")
+    return RunResult(False, outcome, work, time.time() - t0)
 
 
 def slurm_executor(s: Session, paths: DataPaths):
@@ -191,17 +217,17 @@ def reconcile_slurm(s: Session, paths: DataPaths | None = None) -> dict[str, str
     return slurm_executor(s, paths or resolve(s.ref.study, generate=False)).reconcile()
 
 
-def submit_slurm(s: Session, prepared: Prepared, on_wait: Callable[[str], None] | None = None):
-    """Submit what the study still needs to SLURM and return at once; jobs report through events."""
-    with file_lock(s.ledger.path.with_name(s.ledger.path.name + ".run.lock"), f"submitting study {s.name}", on_wait):
-        ex = slurm_executor(s, prepared.paths)
-        ingest(s.ledger, s.name)
-        ex.reconcile()
-        work = reconcile(s)
-        snap = snapshot(s.ledger, s.name, s.suite_version)
-        if work.empty():
-            return RunResult(True, work_before=work)
-        return RunResult(False, ex.submit(work, snap), work)
+def submit_slurm(s: Session, prepared: Prepared):
+    """Submit what the study still needs to SLURM and return at once (call inside :func:`controlling`); jobs
+    report through events."""
+    ex = slurm_executor(s, prepared.paths)
+    ingest(s.ledger, s.name)
+    ex.reconcile()
+    work = reconcile(s)
+    snap = snapshot(s.ledger, s.name, s.suite_version)
+    if work.empty():
+        return RunResult(True, work_before=work)
+    return RunResult(False, ex.submit(work, snap), work)
 
 
 def cancel(s: Session, key: str | None) -> list[str]:
@@ -219,7 +245,7 @@ def cancel(s: Session, key: str | None) -> list[str]:
 
 # -- status ---------------------------------------------------------------------------------------------------------
 STATUS_LIMIT = 40  # cells listed one by one; beyond that, a summary per group and the most relevant cells
-_RELEVANCE = {"failed": 0, "blocked": 1, "vanished": 2, "running": 3, "preempted": 4, "timeout": 5, "queued": 6,
+_RELEVANCE = {"failed": 0, "blocked": 1, "vanished": 2, "running": 3, "preempted": 4, "stopped": 4, "timeout": 5, "queued": 6,
               "cancelled": 7, "planned": 8, "completed": 9}
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 
+TEMP_SUFFIX = ".tmp"  # temp files are ".<final name>.<random>.tmp" beside their final name
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -19,7 +21,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes ``path`` only if the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -47,3 +49,17 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files that interrupted writes left under ``folder`` (call only when no process writes there).
+
+    A write killed between mkstemp and rename (kill -9, a power cut) leaves its temp file; no reader ever opens one."""
+    removed = []
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+                path = Path(dirpath) / name
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

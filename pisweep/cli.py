@@ -116,13 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _run(args)
+    finally:
+        from .executors.stopping import stdout_closed
+
+        if stdout_closed():  # the reader left: what is still buffered must not turn the exit status into 120
+            _quiet_stdout()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         return COMMANDS[args.cmd](args) or 0
     except PisweepError as e:
         err.print(f"error: {e}", style="red", highlight=False, markup=False)
         return e.exit_code
     except KeyboardInterrupt:
-        err.print("interrupted", style="yellow")
+        _say_err("interrupted")
         return 130
+    except BrokenPipeError:  # `pisweep ... | head`: the reader has what it wanted; no traceback
+        _quiet_stdout()
+        return 141
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not report the broken pipe again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 # -- commands -------------------------------------------------------------------------------------------------------
@@ -163,7 +186,14 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
         study = ref.study.model_copy(update={"executor": ref.study.executor.model_copy(update=update)})
         ref.study, ref.study_json = study, study.model_dump(mode="json")
     from . import app
+
+    with app.controlling(ref, "resuming" if resume else "submitting"):
+        return _submit(app, ref, args)
+
+
+def _submit(app, ref, args: argparse.Namespace) -> int:
     from .console import DataProgress, RunReporter
+    from .executors.stopping import StopRequest
 
     with DataProgress(err) as progress:
         prepared = app.check(ref, progress=progress)
@@ -177,23 +207,30 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
                   + (f" (missing data: {len(pf.coverage_missing)})" if pf.coverage_missing else "")
                   + f" · ledger {s.ledger.path}")
         with RunReporter(err, len(s.plan.inits) + len(s.plan.runs), s.plan.n_evals) as reporter:
-            result = app.run_local(s, prepared, reporter, on_wait=_waiting)
+            result = app.run_local(s, prepared, reporter, stop=StopRequest(watch_stdout=True))
         if result.nothing_to_do:
             out.print(f"nothing to do: study {s.name} is complete ({len(s.plan.runs)} runs, {s.plan.n_evals} "
                       f"evals recorded). See `pisweep status {s.name}` and `pisweep report {s.name}`.")
             return 0
         o = result.outcome
-        line = (f"{'interrupted' if o.interrupted else 'finished'} in {result.wall_s:.0f}s: {o.completed} jobs "
-                f"completed, {o.failed} failed, {o.stopped} stopped, {o.evals} evals run")
-        out.print(line)
-        if o.interrupted:
-            out.print(f"state saved; continue with `pisweep resume {s.name}`")
-            return 130
+        if o.interrupted:  # stdout may be closed and the terminal gone: the scheduler's log has this line too
+            _say_err(o.message)
+            return o.exit_code
+        out.print(f"finished in {result.wall_s:.0f}s: {o.completed} jobs completed, {o.failed} failed, "
+                  f"{o.stopped} stopped, {o.evals} evals run")
         return 1 if o.failed else 0
 
 
+def _say_err(text: str) -> None:
+    """One line to stderr if it is still open (after SIGHUP a write raises EIO)."""
+    try:
+        err.print(text, style="yellow", highlight=False, markup=False)
+    except (OSError, ValueError):
+        pass
+
+
 def _submit_slurm(app, s, prepared) -> int:
-    result = app.submit_slurm(s, prepared, on_wait=_waiting)
+    result = app.submit_slurm(s, prepared)
     if result.nothing_to_do:
         out.print(f"nothing to do: study {s.name} has nothing left to submit (every cell is completed, running, "
                   f"queued or blocked). See `pisweep status {s.name}`.")

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 STATE_STYLE = {"completed": "green", "running": "cyan", "queued": "blue", "planned": "dim", "failed": "red",
-               "blocked": "magenta", "preempted": "yellow", "timeout": "yellow", "cancelled": "dim red",
+               "blocked": "magenta", "preempted": "yellow", "stopped": "yellow", "timeout": "yellow", "cancelled": "dim red",
                "vanished": "red"}
 
 
@@ -64,7 +64,10 @@ class RunReporter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+        try:
+            self.progress.__exit__(*exc)
+        except (OSError, ValueError):  # the terminal hung up (SIGHUP) or stderr was closed
+            pass
 
     def _line(self, text: str) -> None:
         self.console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {text}", highlight=False)

@@ -25,11 +25,19 @@ class PlanError(PisweepError):
 
 
 class LedgerError(PisweepError):
-    """The ledger cannot be read, migrated or written."""
+    """The ledger cannot be read, migrated or written, or is not the one of this output root."""
+
+    exit_code = 2
 
 
 class StudyNotFound(PisweepError):
     """A command was given a study name or file that pisweep does not know."""
+
+    exit_code = 2
+
+
+class StudyBusy(PisweepError):
+    """The study already has a live controller (a scheduler or a submission); the message names it."""
 
     exit_code = 2
 

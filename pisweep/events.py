@@ -19,7 +19,7 @@ EVENT_DIR = "events"
 # The kinds a job may write, and the fields each carries (besides job, kind, time, attempt).
 KINDS = {
     "attempt_started": "executor, host, pid, world_size, nodes",
-    "attempt_ended": "outcome (completed|preempted|timeout|failed|cancelled), reason, step, epoch",
+    "attempt_ended": "outcome (completed|preempted|stopped|timeout|failed|cancelled|vanished), reason, step, epoch",
     "epoch_done": "epoch, step, metrics {name: value}",
     "checkpoint": "epoch, kind (weights|resume|init), path, sha256, bytes, step",
     "init_selected": "epoch, path, val_loss",

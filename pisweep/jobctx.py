@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .events import attempt_from_env, write_event
+from .job.liveness import controller_lost
 
 log = logging.getLogger("pisweep.job")
 
@@ -57,7 +58,13 @@ class JobContext:
     def install_signal_handlers(self, signals: tuple[int, ...] = (signal.SIGUSR2, signal.SIGTERM)) -> None:
         """Replace any handler (submitit's included) with one that only sets the stop flag."""
         for sig in signals:
-            signal.signal(sig, lambda signum, _frame: self.request_stop(signal.Signals(signum).name))
+            signal.signal(sig, lambda signum, _frame: self.request_stop(signal_label(signum)))
+
+
+def signal_label(signum: int) -> str:
+    """A stop signal's name for the attempt's reason; a SIGTERM a job sent itself names its lost controller."""
+    name = signal.Signals(signum).name
+    return f"{name} (its controller is gone)" if signum == signal.SIGTERM and controller_lost() else name
 
 
 @dataclass

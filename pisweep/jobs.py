@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .atomic import atomic_write_json
-from .jobctx import JobContext, Preempted
+from .job.liveness import watch_controller
+from .jobctx import JobContext, Preempted, signal_label
 
 log = logging.getLogger("pisweep.job")
 EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(argv[0])
     launched = bool(os.environ.get(ENV_LAUNCH_DIR))
     if not launched:
+        watch_controller()  # the top process of a local job stops when its controller dies (job/liveness.py)
         ranks = local_ranks(JobFile.read(path))
         if ranks > 1:
             from .launch import LaunchSpec, launch_job
@@ -96,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     for sig in _STOP_SIGNALS:  # the outcome is recorded: a stop signal now must not turn the exit into a kill
         signal.signal(sig, signal.SIG_IGN)
     return process_exit_code(code)
+
+
+def local_stop_outcome(signal_name: str | None) -> str:
+    """Outside SLURM: SIGUSR2 is a preemption; any other stop (the controller's SIGTERM, Ctrl-C, a cancel, a lost
+    controller) is ``stopped``. Both saved their state; neither counts against the retry budget."""
+    return "preempted" if (signal_name or "").startswith("SIGUSR2") else "stopped"
 
 
 def local_ranks(job: JobFile) -> int:
@@ -130,7 +138,7 @@ def run_job_file(path: Path, stop_outcome: Callable[[], str] | None = None,
     ctx.install_signal_handlers()
     signal.signal(signal.SIGINT, lambda s, f: ctx.request_stop("SIGINT"))
     for sig in early_signals or []:
-        ctx.request_stop(signal.Signals(sig).name)
+        ctx.request_stop(signal_label(sig))
     device = _device(env)
     if env.world_size > 1:
         log.info("rank %d of %d (local rank %d of %d, %d nodes) on %s, device %s, %s threads", env.rank,
@@ -151,7 +159,7 @@ def run_job_file(path: Path, stop_outcome: Callable[[], str] | None = None,
     except Preempted as stop:
         log.info("%s", stop)
         if tracked:
-            outcome = stop_outcome() if stop_outcome else "preempted"
+            outcome = stop_outcome() if stop_outcome else local_stop_outcome(ctx.stop_signal)
             ctx.emit("attempt_ended", outcome=outcome, reason=str(stop), step=ctx.step, epoch=ctx.epoch)
         code = EXIT_STOPPED
     except BaseException as e:  # noqa: BLE001 - every failure is recorded with its reason, then re-raised as exit 1

@@ -44,8 +44,8 @@ def test_ctrl_c_then_resume(tmp_path, capsys):
     assert main(["status", "ci-interrupt", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     (cell,) = [c for c in status["cells"] if c["kind"] == "train"]
-    assert cell["state"] in ("preempted", "completed")  # never left "running" by a dead scheduler
-    interrupted = cell["state"] == "preempted"
+    assert cell["state"] in ("stopped", "completed")  # never left "running" by a dead scheduler
+    interrupted = cell["state"] == "stopped"
 
     assert main(["resume", "ci-interrupt"]) == 0
     capsys.readouterr()

@@ -1,9 +1,14 @@
 """The local executor: runs the study's job graph on this machine, the embedded default.
 
-Each job is a child process (``python -m pisweep.jobs JOB.json``) in its own session, so Ctrl-C reaches only
-pisweep, which then asks every child to stop (SIGTERM: save and exit), waits, and ingests: the ledger stays
-consistent and ``pisweep resume`` goes on from the saved state. Evals are queued as soon as a checkpoint event
-appears, and all due evals of one run go to one warm process.
+Each job is a child process (``python -m pisweep.jobs JOB.json``) in its own session, so a terminal's signals
+reach only pisweep. SIGINT, SIGTERM, SIGHUP and a closed stdout all end the scheduler the same way: it asks every
+child to stop (SIGTERM: save and exit), waits (bounded, then SIGKILL), records the attempts as stopped, writes one
+line saying so (stderr when open, always the scheduler's log) and exits non-zero; ``pisweep resume`` goes on from
+the saved states. Should the scheduler die anyway (kill -9), its jobs see it and stop the same way.
+
+A child holds its folder's liveness lock (job/liveness.py), taken here before it starts: a job whose lock is held
+(an earlier controller's job still saving) is never started twice; the scheduler waits until it has ended. Evals
+are queued as soon as a checkpoint event appears, and all due evals of one run go to one warm process.
 """
 from __future__ import annotations
 
@@ -17,21 +22,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..atomic import remove_stale_temps
 from ..datapaths import DataPaths
 from ..events import write_event
+from ..job.liveness import ENV_CONTROLLER_PID, holder, job_lock_path, try_hold
 from ..jobs import JobFile
 from ..ledger.db import Ledger
 from ..ledger.ingest import ingest, set_eval_states, set_job_state
-from ..ledger.queries import snapshot
+from ..ledger.queries import jobs_of, open_local_attempts, snapshot
 from ..plan import Layout, Plan
 from ..spec import Study
 from ..work import eval_job_file, init_job_file, job_file_path, next_work, train_job_file
+from .stopping import StopRequest
+
+STOP_GRACE_S = 60.0  # how long stopped children get to save before they are killed
+LIVE_STATES = ("queued", "running")
 
 
 class Reporter(Protocol):
     def started(self, kind: str, label: str, log: Path) -> None: ...
     def finished(self, kind: str, label: str, outcome: str, detail: str | None) -> None: ...
     def tick(self, state: dict[str, Any]) -> None: ...
+
+
+def role_of(kind: str) -> str:
+    """Which liveness lock of a job folder a job of this kind holds: a run's eval job runs beside its training."""
+    return "eval" if kind == "eval" else "job"
 
 
 @dataclass
@@ -53,6 +69,9 @@ class Outcome:
     stopped: int = 0
     evals: int = 0
     interrupted: bool = False
+    stop_reason: str | None = None  # SIGINT, SIGTERM, SIGHUP, "stdout closed"
+    exit_code: int = 0  # when interrupted: 128 + the signal's number
+    message: str | None = None  # the one line that says what the stop did and what continues
 
 
 class LocalExecutor:
@@ -60,7 +79,8 @@ class LocalExecutor:
 
     def __init__(self, ledger: Ledger, study: Study, study_json: dict[str, Any], plan: Plan, paths: DataPaths,
                  layout: Layout, suite_version: str, reporter: Reporter, poll_s: float = 0.5,
-                 threads_per_job: int | None = None):
+                 threads_per_job: int | None = None, stop: StopRequest | None = None, log: Any = None,
+                 grace_s: float = STOP_GRACE_S):
         self.ledger, self.study, self.study_json, self.plan = ledger, study, study_json, plan
         self.paths, self.layout, self.suite_version, self.reporter = paths, layout, suite_version, reporter
         self.poll_s = poll_s
@@ -69,13 +89,36 @@ class LocalExecutor:
         self.children: dict[str, Child] = {}
         self.tried_evals: set[tuple[str, int, str]] = set()
         self.cache_dir = study.eval.cache_dir
+        self.stop = stop or StopRequest(watch_stdout=False)
+        self.log = log
+        self.grace_s = grace_s
+        self.stopping = False
+        self.foreign: dict[str, dict[str, Any]] = {}  # key -> holder note of a live job this scheduler did not start
+
+    # -- reporting: the terminal may be gone (SIGHUP, closed pipe); the scheduler's log is always written --------
+    def _say(self, method: str, *args: Any) -> None:
+        for sink in (self.log, self.reporter):
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except (OSError, ValueError):  # a hung-up terminal (EIO) or a closed stream: go on without it
+                if sink is self.reporter:
+                    self.reporter = None
 
     # -- main loop ---------------------------------------------------------------------------------------------
     def run(self) -> Outcome:
+        with self.stop:
+            return self._run()
+
+    def _run(self) -> Outcome:
         out = Outcome()
         tasks = set(self.plan.tasks)
         try:
             while True:
+                if self.stop.requested():
+                    return self._stop(out, self.stop.reason or "a stop request", self.stop.exit_code)
                 self._reap(out)  # before ingesting: a job that just exited has written all its events
                 ingest(self.ledger, self.plan.study)
                 snap = snapshot(self.ledger, self.plan.study, self.suite_version)
@@ -84,19 +127,31 @@ class LocalExecutor:
                     if snap.jobs[uid].state != "blocked":
                         set_job_state(self.ledger, uid, "blocked", reason)
                 self._launch(work)
-                self.reporter.tick({
+                self._say("tick", {
                     "running": [c.label for c in self.children.values()],
                     "jobs_done": sum(j.state == "completed" for j in snap.jobs.values()),
                     "evals_done": sum(v in ("done", "missing_data") for k, v in snap.evals.items() if k[2] in tasks)})
                 if not self.children and not self._runnable(work):
                     return out
                 time.sleep(self.poll_s)
-        except KeyboardInterrupt:
-            out.interrupted = True
-            self.stop_all()
-            self._reap(out)
-            ingest(self.ledger, self.plan.study)
-            return out
+        except KeyboardInterrupt:  # SIGINT outside the handler's reach (e.g. while it was being installed)
+            return self._stop(out, "SIGINT", 130)
+
+    def _stop(self, out: Outcome, reason: str, code: int) -> Outcome:
+        """Ask every child to save and stop, wait for them, record what happened, and say it in one line."""
+        self.stopping = True
+        asked = len(self.children)
+        killed = self.stop_all(self.grace_s)
+        self._reap(out)
+        ingest(self.ledger, self.plan.study)
+        out.interrupted, out.stop_reason, out.exit_code = True, reason, code
+        what = (f"asked {asked} job{'s' * (asked != 1)} to save and stop"
+                + (f"; {killed} did not within {self.grace_s:.0f}s and were killed" if killed else
+                   ("; all saved" if asked else "")))
+        out.message = f"stopped by {reason}: {what}; continue with `pisweep resume {self.plan.study}`"
+        if self.log is not None:
+            self.log.line(out.message)
+        return out
 
     def _runnable(self, work) -> bool:
         fresh_evals = any((uid, e, t) not in self.tried_evals for uid, items in work.evals.items() for e, t in items)
@@ -109,11 +164,11 @@ class LocalExecutor:
             items = [(e, t) for e, t in items if (run_uid, e, t) not in self.tried_evals]
             if not items or f"{run_uid}:eval" in busy or not self._slot():
                 continue
-            set_eval_states(self.ledger, [(run_uid, e, t) for e, t in items], "queued", self.suite_version)
-            self.tried_evals.update((run_uid, e, t) for e, t in items)
             run = self.plan.run_by_uid()[run_uid]
-            self._spawn(eval_job_file(run_uid, items, self.study_json, self.paths, self.layout, self.cache_dir),
-                        f"eval {run.label}", items)
+            if self._spawn(eval_job_file(run_uid, items, self.study_json, self.paths, self.layout, self.cache_dir),
+                           f"eval {run.label}", items):
+                set_eval_states(self.ledger, [(run_uid, e, t) for e, t in items], "queued", self.suite_version)
+                self.tried_evals.update((run_uid, e, t) for e, t in items)
         for init in work.inits:
             if f"{init.uid}:init" not in busy and self._slot():
                 self._spawn(init_job_file(init, self.study_json, self.paths, self.layout), init.label)
@@ -124,24 +179,39 @@ class LocalExecutor:
     def _slot(self) -> bool:
         return len(self.children) < self.max_parallel
 
-    def _spawn(self, job: JobFile, label: str, evals: list[tuple[int, str]] | None = None) -> None:
-        job_id = f"local-{uuid.uuid4().hex[:8]}"
+    def _spawn(self, job: JobFile, label: str, evals: list[tuple[int, str]] | None = None) -> bool:
+        """Start the job with its liveness lock taken first and passed on; False if a live process holds it."""
         folder = Path(job.folder)
-        path = job.write(job_file_path(folder, job.kind, job_id))
-        log = folder / "logs" / f"{job.kind}-{job_id}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, PISWEEP_JOB_ID=job_id, PISWEEP_EXECUTOR="local", PISWEEP_THREADS=str(self.threads),
-                   OMP_NUM_THREADS=str(self.threads), WANDB_SILENT="true")
-        env.setdefault("WANDB_MODE", self.study.wandb.mode)
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "pisweep.jobs", str(path)], stdout=fh,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder.parent)
+        key = f"{job.uid}:{job.kind}"
+        held = try_hold(job_lock_path(folder, role_of(job.kind)), uid=job.uid, kind=job.kind, controller=os.getpid())
+        if held is None:
+            if key not in self.foreign:
+                self.foreign[key] = holder(job_lock_path(folder, role_of(job.kind))) or {}
+                self._say("waiting", job.kind, label, self.foreign[key])
+            return False
+        self.foreign.pop(key, None)
+        job_id = f"local-{uuid.uuid4().hex[:8]}"
+        try:
+            path = job.write(job_file_path(folder, job.kind, job_id))
+            log = folder / "logs" / f"{job.kind}-{job_id}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            env = dict(os.environ, PISWEEP_JOB_ID=job_id, PISWEEP_EXECUTOR="local",
+                       PISWEEP_THREADS=str(self.threads), OMP_NUM_THREADS=str(self.threads), WANDB_SILENT="true")
+            env[ENV_CONTROLLER_PID] = str(os.getpid())
+            env.setdefault("WANDB_MODE", self.study.wandb.mode)
+            with open(log, "ab") as fh:
+                proc = subprocess.Popen([sys.executable, "-m", "pisweep.jobs", str(path)], stdout=fh,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                        cwd=folder.parent, pass_fds=(held.fd,))
+            held.note(pid=proc.pid, uid=job.uid, kind=job.kind, job_id=job_id, controller=os.getpid())
+        finally:
+            held.release()  # the child holds the lock now (or, had the start failed, nobody does)
         if job.kind != "eval":
             set_job_state(self.ledger, job.uid, "queued", None, executor="local", scheduler_id=job_id,
                           log_path=str(log))
-        key = f"{job.uid}:{job.kind}"
         self.children[key] = Child(job.kind, job.uid, label, proc, log, job_id, folder, evals or [])
-        self.reporter.started(job.kind, label, log)
+        self._say("started", job.kind, label, log)
+        return True
 
     def _reap(self, out: Outcome) -> None:
         for key, child in list(self.children.items()):
@@ -160,7 +230,7 @@ class LocalExecutor:
                 outcome = "failed"
                 out.failed += 1
                 self._record_crash(child, code)
-            self.reporter.finished(child.kind, child.label, outcome, None if code == 0 else f"see {child.log}")
+            self._say("finished", child.kind, child.label, outcome, None if code == 0 else f"see {child.log}")
 
     def _record_crash(self, child: Child, code: int) -> None:
         """A child that died without reporting (killed, out of memory) gets its end recorded for it."""
@@ -170,20 +240,69 @@ class LocalExecutor:
                     for p in (child.folder / "events").glob("*.json"))
         if not ended:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            if self.stopping and code == -signal.SIGKILL:  # our own escalation: not the job's failure
+                outcome, reason = "vanished", (f"did not save within {self.grace_s:.0f}s of the stop request and was "
+                                              f"killed; it resumes from its last saved state")
+            else:
+                outcome, reason = "failed", f"process {how} without reporting; see {child.log}"
             write_event(child.folder, child.uid, "attempt_ended", {"job_id": child.job_id, "restart": 0},
-                        outcome="failed", reason=f"process {how} without reporting; see {child.log}")
+                        outcome=outcome, reason=reason)
 
-    def stop_all(self, grace_s: float = 60.0) -> None:
-        """Ask every child to save and stop, wait for them, then kill what is left."""
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> int:
+        """Ask every child to save and stop, wait for them, then kill what is left; return how many were killed."""
         for child in self.children.values():
             try:
                 os.killpg(child.proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.time() + grace_s
+        killed = 0
         for child in self.children.values():
             try:
                 child.proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                os.killpg(child.proc.pid, signal.SIGKILL)
+                killed += 1
+                try:
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 child.proc.wait()
+        return killed
+
+
+# -- after a controller that did not stop cleanly (kill -9 of it and its jobs, a power cut) ----------------------
+def close_lost_attempts(ledger: Ledger, study: str) -> int:
+    """Close the attempts of local jobs whose process is gone without recording its end, as ``vanished`` with the
+    reason "controller lost" (work since their last save is redone; it does not count against the retry budget);
+    local jobs left ``queued``/``running`` with no live process become ``stopped``.
+
+    A live job holds its folder's lock, so only dead ones are touched; the end is written as an event in the job's
+    folder (a rebuilt ledger finds it too). Returns how many attempts were closed."""
+    dead = [a for a in open_local_attempts(ledger, study) if holder(job_lock_path(a.folder, "job")) is None]
+    closed = 0
+    if dead:
+        ingest(ledger, study)  # an attempt that ended on its own just before its lock was seen free: apply its end
+        still = {(a.uid, a.job_id, a.restart) for a in open_local_attempts(ledger, study)}
+        for a in dead:
+            if (a.uid, a.job_id, a.restart) in still:
+                write_event(Path(a.folder), a.uid, "attempt_ended", {"job_id": a.job_id, "restart": a.restart},
+                            outcome="vanished", step=a.step, reason="controller lost: the attempt's process ended "
+                            "without recording its end (it and its controller were killed); it resumes from its "
+                            "last saved state")
+                closed += 1
+        ingest(ledger, study)
+    for row in jobs_of(ledger, study).values():
+        if (row.executor == "local" and row.state in LIVE_STATES
+                and holder(job_lock_path(row.folder, "job")) is None):
+            set_job_state(ledger, row.uid, "stopped", "controller lost before the job recorded its start")
+    return closed
+
+
+def remove_interrupted_writes(ledger: Ledger, study: str) -> int:
+    """Remove temp files of interrupted writes in the study's job folders that no live process uses."""
+    n = 0
+    for row in jobs_of(ledger, study).values():
+        if row.executor in (None, "local") and all(holder(job_lock_path(row.folder, r)) is None
+                                                   for r in ("job", "eval")):
+            n += len(remove_stale_temps(Path(row.folder)))
+    return n

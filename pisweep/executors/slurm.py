@@ -297,6 +297,18 @@ def submit_eval_from_job(job: JobFile, epoch: int, spec: dict[str, Any]) -> str:
                  {"epochs": [epoch], "tasks": spec["tasks"], "eval_root": spec["eval_root"], "nights": spec["nights"],
                   "cache_dir": spec["cache_dir"]})
     path = jf.write(job_file_path(job.folder, "eval", f"slurm-e{epoch}-{time.time_ns()}"))
-    submitted = _executor(Path(spec["folder"]), spec["params"]).submit(
-        SlurmTask(str(path), 0, 0, spec["signal_delay_s"]))
+    from submitit.helpers import clean_env
+
+    # sbatch passes our environment on: without this, an eval submitted from an array element inherits
+    # SLURM_ARRAY_JOB_ID/TASK_ID (submitit then waits for the parent's pickle and the job dies, submitit #1782),
+    # CPU binding and memory forms sbatch may reject, and this job's own identity (attempt, launcher, task file).
+    with clean_env(extra_names=IN_JOB_ENV):
+        submitted = _executor(Path(spec["folder"]), spec["params"]).submit(
+            SlurmTask(str(path), 0, 0, spec["signal_delay_s"]))
     return str(submitted.job_id)
+
+
+#: What identifies the job that runs now (its attempt, its launcher, its threads, test hooks): never inherited by a
+#: job it submits. (SLURM_*, SRUN_*, SBATCH_*, SUBMITIT_* and torchrun's rank variables go too: clean_env.)
+IN_JOB_ENV = ("PISWEEP_JOB_ID", "PISWEEP_RESTART", "PISWEEP_LAUNCH_DIR", "PISWEEP_SLURM_TASK",
+              "PISWEEP_CONTROLLER_PID", "PISWEEP_THREADS", "PISWEEP_TEST_PAUSE_AT")

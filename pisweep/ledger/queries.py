@@ -325,3 +325,25 @@ def attempts_of(ledger: Ledger, uid: str) -> list[dict[str, Any]]:
         rows = conn.execute(select(t.attempts).where(t.attempts.c.job_uid == uid)
                             .order_by(t.attempts.c.started_at, t.attempts.c.id)).mappings().all()
     return [dict(r) for r in rows]
+
+
+@dataclass
+class OpenAttempt:
+    """An attempt of a local job that has started and not ended, as the ledger knows it."""
+
+    uid: str
+    folder: str
+    job_id: str
+    restart: int
+    step: int
+
+
+def open_local_attempts(ledger: Ledger, study: str) -> list[OpenAttempt]:
+    """Attempts of the study's local jobs with no end recorded (live ones, or ones whose process died unseen)."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.jobs.c.uid, t.jobs.c.folder, t.attempts.c.job_id, t.attempts.c.restart, t.jobs.c.step_reached)
+            .join(t.attempts, t.attempts.c.job_uid == t.jobs.c.uid)
+            .where(t.jobs.c.study == study, t.attempts.c.outcome.is_(None),
+                   func.coalesce(t.attempts.c.executor, t.jobs.c.executor) == "local")).all()
+    return [OpenAttempt(*r) for r in rows]

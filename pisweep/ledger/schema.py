@@ -29,7 +29,7 @@ jobs = Table(
     Column("epochs", Integer), Column("seed", Integer),
     Column("folder", Text, nullable=False),
     Column("identity_json", Text, nullable=False),
-    Column("state", String, nullable=False),  # planned|queued|running|completed|preempted|timeout|failed|...
+    Column("state", String, nullable=False),  # planned|queued|running|completed|preempted|stopped|timeout|failed|...
     Column("reason", Text),
     Column("epoch_reached", Integer, nullable=False, default=0),
     Column("step_reached", Integer, nullable=False, default=0),

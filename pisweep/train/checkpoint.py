@@ -6,12 +6,13 @@ final name, and its sha256 is computed while writing (no second read of a multi-
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-from ..atomic import atomic_open
+from ..atomic import atomic_open, atomic_write_json
 from ..errors import TrainingError
 from ..models import unwrap
 
@@ -64,9 +65,35 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def step_note_path(path: Path) -> Path:
+    """Beside a resume state: the step it holds (a few bytes, read without unpickling the state)."""
+    return Path(path).with_name(Path(path).stem + ".step.json")
+
+
+def saved_step(path: Path) -> int | None:
+    """The step of the resume state at ``path`` (None when there is no state, or no note of its step)."""
+    if not Path(path).exists():
+        return None
+    try:
+        return int(json.loads(step_note_path(path).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def save_resume(path: Path, state: dict[str, Any]) -> tuple[str, int]:
-    """Write a resume state (model, optimizer, step, data position, RNG, ...) with a format tag."""
-    return save_hashed({"format": RESUME_FORMAT, **_to_cpu(state)}, path)
+    """Write a resume state (model, optimizer, step, data position, RNG, ...) with a format tag.
+
+    Never replaces a state of a later step: that would mean two copies of one job ran, and the older one would
+    throw the newer one's work away (TrainingError instead). The note of the step is written after the state, so a
+    write killed in between leaves an older note, which never refuses a correct save."""
+    step, before = state.get("step"), saved_step(path)
+    if step is not None and before is not None and int(step) < before:
+        raise TrainingError(f"resume state {path} is at step {before} and this attempt only at step {step}: another "
+                            f"copy of this job ran ahead; its state is kept, this attempt stops")
+    sha, nbytes = save_hashed({"format": RESUME_FORMAT, **_to_cpu(state)}, path)
+    if step is not None:
+        atomic_write_json(step_note_path(path), {"step": int(step), "sha256": sha})
+    return sha, nbytes
 
 
 def load_resume(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:

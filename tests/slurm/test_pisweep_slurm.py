@@ -123,6 +123,42 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
     assert pisweep_jobs(name) == before
 
 
+def test_evals_submitted_from_array_elements_complete(slurm_cluster, tmp_path, synth_root):
+    """Random cells go out as one job array; each element submits its epochs' eval jobs from inside the array.
+    Those jobs must not inherit the array's identity (SLURM_ARRAY_*: submitit would look for the parent's pickle,
+    submitit #1782): every eval job COMPLETES in sacct with no pisweep command running meanwhile."""
+    name = f"slurm-array-{int(time.time())}"
+    path = write_study(tmp_path, synth_root, name, **{"grid.init": ["random"], "grid.seed": [0, 1], "eval.every": 1})
+    assert main(["submit", str(path)]) == 0
+    row0, _ = job_row(path, "random-tiny-e2-s0")
+    assert "_" in row0.scheduler_id  # an array element
+    slurm_cluster.track(row0.scheduler_id.split("_")[0])
+
+    def all_done():
+        jobs = pisweep_jobs(name)
+        states = [s[-1] for s in jobs.values()]
+        if any(s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY") for s in states):
+            pytest.fail(f"a job ended badly: {jobs}")
+        n_evals = sum(len(v) for n, v in jobs.items() if ".eval." in n)
+        return jobs if n_evals == 4 and set(states) == {"COMPLETED"} else None
+
+    slurm_cluster.wait_until(all_done, 420, "both array elements and their 4 eval jobs to complete")
+    # The eval jobs reported under their own job ids, not the array's.
+    array = row0.scheduler_id.split("_")[0]
+    for folder in {Path(job_row(path, f"random-tiny-e2-s{s}")[0].folder) for s in (0, 1)}:
+        done = [json.loads(p.read_text()) for p in folder.glob("events/*-eval_state.json")]
+        done = [e for e in done if e["data"]["state"] == "done"]
+        assert done and all(not str(e["attempt"]["job_id"]).startswith(f"{array}_") for e in done)
+    s = session_of(path)
+    try:
+        app.reconcile_slurm(s)
+        status = app.status(s).to_json()
+    finally:
+        s.close()
+    for cell in status["cells"]:
+        assert cell["state"] == "completed" and cell["evals"].get("done") == 12, cell
+
+
 def test_preempted_train_job_requeues_and_resumes(slurm_cluster, tmp_path, synth_root):
     path = write_study(tmp_path, synth_root, "slurm-preempt", **{
         "grid.init": ["random"], "grid.epochs": [3], "data.synthetic.train_scales": {"tiny": 512},
