@@ -54,9 +54,11 @@ def suite_version() -> str:
     return str(SUITE_VERSION)
 
 
-def open_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None) -> Session:
+def open_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None, read: bool = False) -> Session:
+    """The study's plan and ledger. ``read``: for the read-only commands; the ledger must exist, and is opened
+    read-only when this process cannot write it (then nothing is ingested: the ledger is shown as it is)."""
     plan = make_plan(ref.study)
-    ledger = Ledger(ref.ledger_path, on_wait=on_wait)
+    ledger = Ledger.for_reading(ref.ledger_path, on_wait=on_wait) if read else Ledger(ref.ledger_path, on_wait=on_wait)
     return Session(ref, ledger, plan, Layout(Path(ref.study.output_root)), suite_version())
 
 
@@ -75,6 +77,9 @@ def reconcile(s: Session) -> Work:
 def _reconcile(s: Session) -> tuple[Work, Snapshot]:
     from .executors.local import close_lost_attempts
 
+    if s.ledger.readonly:  # a read-only ledger is shown as it is
+        snap = open_snapshot(s.ledger, s.name, s.suite_version)
+        return next_work(s.plan, snap, s.ref.study.executor.max_failures), snap
     if _events_pending(s):
         ingest(s.ledger, s.name)
     close_lost_attempts(s.ledger, s.name)
@@ -148,6 +153,30 @@ def record(s: Session, force: bool = False) -> None:
     """Record the study and its plan in the ledger and the study index."""
     record_study(s.ledger, s.ref.study_json, s.ref.spec_path, s.plan, s.layout, force=force)
     remember(s.name, s.ledger.path, s.ref.spec_path)
+
+
+def check_disk(ref: StudyRef) -> None:
+    """Refuse (PreflightError) when the output root has less free space than what is left of the plan will write;
+    before anything is written there."""
+    from .diskplan import disk_needed, free_bytes
+    from .errors import PreflightError
+    from .ledger.queries import jobs_of
+
+    plan = make_plan(ref.study)
+    done: list[str] = []
+    if ref.ledger_path.is_file():
+        led = Ledger.for_reading(ref.ledger_path)
+        try:
+            done = [u for u, row in jobs_of(led, plan.study).items() if row.state == "completed"]
+        finally:
+            led.close()
+    need = disk_needed(ref.study, plan, done)
+    root = Path(ref.study.output_root)
+    free = free_bytes(root)
+    if need is not None and need.bytes > free:
+        raise PreflightError(f"study {plan.study!r}: {root} has {free / 1e9:.3g} GB free and what is left of the "
+                             f"plan writes {need.describe()}; free space, keep fewer weights "
+                             f"(stage2.keep_weights: evaluated), or pass --ignore-disk")
 
 
 @dataclass
@@ -230,17 +259,34 @@ def submit_slurm(s: Session, prepared: Prepared):
     return RunResult(False, ex.submit(work, snap), work)
 
 
-def cancel(s: Session, key: str | None) -> list[str]:
-    """Cancel the study's jobs (or one job, by uid prefix or label) that may still run."""
+@dataclass
+class Cancelled:
+    slurm: list[str] = field(default_factory=list)  # SLURM job ids cancelled
+    local: Any = None  # executors.local_control.LocalCancel
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.slurm or (self.local and (self.local.scheduler or self.local.jobs)))
+
+
+def cancel(s: Session, key: str | None) -> Cancelled:
+    """Cancel the study's jobs (or one job, by uid prefix or label) that may still run: SLURM jobs with scancel;
+    local ones (the study's live scheduler, or the one job's live processes) by asking them to save and stop."""
     from .errors import StudyNotFound
+    from .executors.local_control import cancel_local
 
     snap = snapshot(s.ledger, s.name, s.suite_version)
     uids = [u for u, row in snap.jobs.items() if key is None or u.startswith(key) or row.label == key]
     if key is not None and not uids:
         raise StudyNotFound(f"study {s.name!r} has no job {key!r}")
-    if s.ref.study.executor.name != "slurm":
-        return []
-    return slurm_executor(s, resolve(s.ref.study, generate=False)).cancel_jobs(snap, uids)
+    out = Cancelled()
+    local_rows = [snap.jobs[u] for u in uids if snap.jobs[u].executor in (None, "local")]
+    out.local = cancel_local(s.layout.root, local_rows, whole_study=key is None)
+    if out.local.jobs or out.local.scheduler:
+        ingest(s.ledger, s.name)
+    if s.ref.study.executor.name == "slurm":
+        out.slurm = slurm_executor(s, resolve(s.ref.study, generate=False)).cancel_jobs(snap, uids)
+    return out
 
 
 # -- status ---------------------------------------------------------------------------------------------------------
@@ -265,6 +311,7 @@ class StatusData:
     limit: int | None = None
     evals: dict[str, int] = field(default_factory=dict)  # open/failed/missing_data evals of the study
     disk_bytes: int = 0
+    controller: dict[str, Any] | None = None  # the live scheduler or submission (pid, host, since, command)
 
     @property
     def hidden(self) -> int:
@@ -277,7 +324,7 @@ class StatusData:
                 "summary": self.summary, "cells": self.cells, "groups": self.groups,
                 "cells_total": self.cells_total, "cells_matching": self.cells_matching, "cells_hidden": self.hidden,
                 "filter": {"state": self.state_filter, "limit": self.limit}, "evals": self.evals,
-                "disk_bytes": self.disk_bytes}
+                "disk_bytes": self.disk_bytes, "controller": self.controller}
 
 
 def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMIT) -> StatusData:
@@ -288,7 +335,8 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     table and the small partial indexes of open and failed evals, so it stays fast at 10 000 runs.
     """
     paths = resolve(s.ref.study, generate=False)
-    if s.ref.study.executor.name == "slurm":  # one sacct + one squeue; lost eval submissions are resubmitted
+    if s.ref.study.executor.name == "slurm" and not s.ledger.readonly:  # one sacct + one squeue; lost eval
+        # submissions are resubmitted
         ex = slurm_executor(s, paths)
         ex.reconcile()
         _reconcile(s)
@@ -324,8 +372,16 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     init_2afc = init_val_2afc(s.ledger, [c["uid"] for c in shown if c["kind"] == "init"])
     counts = eval_counts(s.ledger, s.name, s.suite_version, uids)
     disk = disk_use(s.ledger, s.name, uids)
+    from .executors.controller import live_controller
+    from .executors.local_control import live_jobs
+
+    data.controller = live_controller(s.layout.root)
+    live = {}
+    for row, role, note in live_jobs([jobs[c["uid"]] for c in shown if c["uid"] in jobs]):
+        live.setdefault(row.uid, {})[role] = note.get("pid")
     for cell in shown:
         cell["disk_bytes"] = disk.get(cell["uid"], 0)
+        cell["live"] = live.get(cell["uid"])  # {"job": pid, "eval": pid} of its live local processes
         if cell["kind"] == "train":
             epoch_value = last.get(cell["uid"])
             cell["main_metric"] = ({"task": main_task, "epoch": epoch_value[0], "value": epoch_value[1]}

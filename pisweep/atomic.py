@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
+
+from .errors import DiskFullError
 
 
 TEMP_SUFFIX = ".tmp"  # temp files are ".<final name>.<random>.tmp" beside their final name
@@ -29,9 +32,19 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any file
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise disk_full(path) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def disk_full(path: Path) -> DiskFullError:
+    return DiskFullError(f"no space left on {Path(path).parent} (writing {Path(path).name}); nothing was written "
+                         f"under that name")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from rich.console import Console
 
-from .errors import PisweepError
+from .errors import PisweepError, ReportWriteError
+from .states import JOB_STATES
 
 def _console(stderr: bool = False) -> Console:
     """A console; when the output is not a terminal (a pipe, a log, CI), tables get room instead of 80 columns."""
@@ -32,6 +33,24 @@ def _ledger_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ledger", help="ledger file (default: the spec's ledger, inside its output root)")
 
 
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    _limit_args(p)
+    p.add_argument("--detach", action="store_true",
+                   help="local: run the scheduler in the background (its log under the output root); follow it with "
+                        "`pisweep attach STUDY`, see it in `pisweep status`, stop it with `pisweep cancel`")
+    p.add_argument("--ignore-disk", action="store_true",
+                   help="submit even if the output root has less free space than the plan's checkpoints need")
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    from .plan import MAX_EVALS, MAX_JOBS
+
+    p.add_argument("--max-jobs", type=int, default=MAX_JOBS, metavar="N",
+                   help=f"refuse a grid of more jobs than this before expanding it (default {MAX_JOBS:,})")
+    p.add_argument("--max-evals", type=int, default=MAX_EVALS, metavar="N",
+                   help=f"refuse a grid of more evals than this before expanding it (default {MAX_EVALS:,})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pisweep", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -44,9 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="accept a spec whose result-affecting fields differ from the recorded one (replaces it; "
                         "jobs whose uid changed are new jobs, old results stay in the ledger)")
+    _submit_args(p)
 
     p = sub.add_parser("resume", help="continue an interrupted study without redoing finished work "
                                       "(resubmits only preempted, failed and missing cells)")
+    p.add_argument("study")
+    _ledger_arg(p)
+    _submit_args(p)
+
+    p = sub.add_parser("attach", help="follow a study's running local scheduler (its log) until it ends; Ctrl-C "
+                                      "leaves it running")
     p.add_argument("study")
     _ledger_arg(p)
 
@@ -59,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     _ledger_arg(p)
     p.add_argument("--json", action="store_true")
-    p.add_argument("--state", help="only cells in this state (e.g. failed)")
+    p.add_argument("--state", choices=JOB_STATES, metavar="STATE",
+                   help="only cells in this state: " + ", ".join(JOB_STATES))
     p.add_argument("--limit", type=int, default=40,
                    help="cells listed one by one (default 40; 0: all); beyond it a summary per group is shown and "
                         "the most relevant cells (failed, blocked, running first)")
@@ -87,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what would be run, without running it")
     p.add_argument("study")
     p.add_argument("--json", action="store_true")
+    _limit_args(p)
 
     p = sub.add_parser("logs", help="print a job's log (by uid prefix or label)")
     p.add_argument("study")
@@ -115,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args)
     finally:
@@ -150,10 +179,11 @@ def _quiet_stdout() -> None:
 
 # -- commands -------------------------------------------------------------------------------------------------------
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import make_plan
+    from .plan import check_grid_size, make_plan
     from .studyref import resolve
 
     ref = resolve(args.study)
+    check_grid_size(ref.study, args.max_jobs, args.max_evals)
     plan = make_plan(ref.study)
     data = plan_json(plan)
     if args.json:
@@ -186,7 +216,11 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
         study = ref.study.model_copy(update={"executor": ref.study.executor.model_copy(update=update)})
         ref.study, ref.study_json = study, study.model_dump(mode="json")
     from . import app
+    from .plan import check_grid_size
 
+    check_grid_size(ref.study, args.max_jobs, args.max_evals)
+    if args.detach and ref.study.executor.name == "local":
+        return _detach(ref, args)
     with app.controlling(ref, "resuming" if resume else "submitting"):
         return _submit(app, ref, args)
 
@@ -197,6 +231,8 @@ def _submit(app, ref, args: argparse.Namespace) -> int:
 
     with DataProgress(err) as progress:
         prepared = app.check(ref, progress=progress)
+    if not args.ignore_disk:
+        app.check_disk(ref)
     with app.open_session(ref, on_wait=_waiting) as s:
         app.record(s, force=getattr(args, "force", False))
         pf = prepared.preflight
@@ -219,6 +255,54 @@ def _submit(app, ref, args: argparse.Namespace) -> int:
         out.print(f"finished in {result.wall_s:.0f}s: {o.completed} jobs completed, {o.failed} failed, "
                   f"{o.stopped} stopped, {o.evals} evals run")
         return 1 if o.failed else 0
+
+
+def _detach(ref, args: argparse.Namespace) -> int:
+    from .executors.controller import describe, live_controller
+    from .executors.local_control import start_detached
+    from .executors.schedlog import scheduler_log_path
+
+    root = Path(ref.study.output_root)
+    busy = live_controller(root)
+    if busy:  # refused at once, as the scheduler itself would
+        from .errors import StudyBusy
+
+        raise StudyBusy(f"study {ref.study.name!r} is already being run by {describe(busy)}; follow it with "
+                        f"`pisweep attach {ref.study.name}`")
+    err.print("starting the scheduler in the background (data and preflight first) ...", style="dim")
+    d = start_detached([a for a in args.argv if a != "--detach"], root)
+    if d.exit_code is not None:  # it ended before it got going: nothing to do, or an error; say what it said
+        sys.stdout.write(d.output)
+        return d.exit_code
+    out.print(f"scheduler of study {ref.study.name} running in the background: pid {d.pid}; log "
+              f"{scheduler_log_path(root)} (its console: {d.console}). Follow it with `pisweep attach "
+              f"{ref.study.name}`, stop it with `pisweep cancel {ref.study.name}`.")
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from .executors.controller import describe, live_controller
+    from .executors.local_control import follow, last_line
+    from .executors.schedlog import scheduler_log_path
+    from .studyref import resolve
+
+    ref = resolve(args.study, args.ledger, submitted=True)
+    root = Path(ref.study.output_root)
+    log = scheduler_log_path(root)
+    info = live_controller(root)
+    if info is None:
+        said = last_line(log)
+        out.print(f"no scheduler is running for study {ref.study.name}"
+                  + (f"; its last line: {said}" if said else "") + f". `pisweep resume {ref.study.name}` continues.")
+        return 1
+    err.print(f"following the scheduler: {describe(info)}; Ctrl-C leaves it running", style="dim")
+    try:
+        for line in follow(root, int(info["pid"])):
+            out.print(line, highlight=False, markup=False)
+    except KeyboardInterrupt:
+        _say_err(f"detached; the scheduler goes on (pid {info['pid']})")
+        return 0
+    return 0
 
 
 def _say_err(text: str) -> None:
@@ -246,12 +330,27 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from . import app
     from .studyref import resolve
 
-    ref = resolve(args.study, args.ledger, on_wait=_waiting)
+    ref = resolve(args.study, args.ledger, on_wait=_waiting, submitted=True)
     with app.open_session(ref, on_wait=_waiting) as s:
         app.reconcile_slurm(s)
-        ids = app.cancel(s, args.job)
-    out.print(f"cancelled {len(ids)} SLURM jobs" + (f": {', '.join(ids)}" if ids else ""))
-    return 0
+        done = app.cancel(s, args.job)
+    what = f"job {args.job}" if args.job else f"study {ref.study.name}"
+    if not done.anything:
+        out.print(f"nothing to cancel: {what} has no live local scheduler or job"
+                  + (" and no SLURM job queued or running" if ref.study.executor.name == "slurm" else ""))
+        return 1
+    loc = done.local
+    if loc.scheduler:
+        out.print(f"local: stopped the scheduler (pid {loc.scheduler.get('pid')}): {loc.scheduler_said or ''}")
+    if loc.jobs:
+        out.print(f"local: cancelled {len(loc.jobs)} live job{'s' * (len(loc.jobs) != 1)} (each saved its state): "
+                  + ", ".join(f"{label} (pid {pid})" for label, pid in loc.jobs))
+    if loc.still_live:
+        out.print(f"local: still running after the wait: {', '.join(loc.still_live)}")
+    if done.slurm:
+        out.print(f"slurm: cancelled {len(done.slurm)} jobs: {', '.join(done.slurm)}")
+    out.print(f"`pisweep resume {ref.study.name}` continues from the saved states")
+    return 1 if loc.still_live else 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -262,8 +361,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from . import app
     from .studyref import resolve
 
-    ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    with app.open_session(ref, on_wait=_waiting) as s:
+    ref = resolve(args.study, args.ledger, on_wait=_waiting, submitted=True)
+    with app.open_session(ref, on_wait=_waiting, read=True) as s:
         limit = None if args.limit == 0 else args.limit
         data = app.status(s, state=args.state, limit=limit).to_json()
     if args.json:
@@ -281,6 +380,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"first); --limit 0 lists all, --state STATE only one state[/]")
     elif args.state and not data["cells"]:
         out.print(f"no cell is {args.state}")
+    ctl = data["controller"]
+    if ctl:
+        from .executors.controller import describe
+
+        out.print(f"scheduler: {describe(ctl)}; follow it with `pisweep attach {ref.study.name}`")
+    elif ref.study.executor.name == "local" and any(c["state"] not in ("completed",) for c in data["cells"]):
+        out.print(f"[dim]scheduler: none running (`pisweep resume {ref.study.name}` continues)[/]")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(data["summary"].items()))
     evals = ", ".join(f"{n} {k}" for k, n in sorted(data["evals"].items()) if k != "missing_data")
     out.print(f"{summary}  ·  evals {evals or 'none open or failed'}  ·  disk {fmt_bytes(data['disk_bytes'])}  ·  "
@@ -300,9 +406,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.export import to_json, to_markdown, write_text
     from .studyref import resolve
 
-    ref = resolve(args.study, args.ledger, on_wait=_waiting)
+    ref = resolve(args.study, args.ledger, on_wait=_waiting, submitted=True)
     full = bool(args.json or args.html or args.md)
-    with app.open_session(ref, on_wait=_waiting) as s:
+    with app.open_session(ref, on_wait=_waiting, read=True) as s:
         opts = check_options(Options(main_task=args.main_task or ref.study.eval.main_task, resamples=args.resamples,
                                      holm_resamples=args.holm_resamples, seed=args.seed, full=full,
                                      per_example=not args.seed_level), s.plan.tasks)
@@ -322,7 +428,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     rep["plot"] = None
     if has_main and (args.plot or args.json):
         plot_path = Path(args.plot) if args.plot else s.layout.reports / f"{s.name}-main.png"
-        rep["plot"] = str(write_bytes(plot_path, figures.main_curves(rep)))
+        try:
+            rep["plot"] = str(write_bytes(plot_path, figures.main_curves(rep)))
+        except OSError as e:
+            if args.plot:
+                raise ReportWriteError(f"--plot {plot_path}: cannot write ({e.strerror})") from None
+            err.print(f"no plot: cannot write {plot_path} ({e.strerror}); give --plot FILE", style="yellow")
     written = []
     if args.html:
         from .report.html import to_html
@@ -360,9 +471,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from .errors import StudyNotFound
     from .studyref import resolve
 
-    ref = resolve(args.study, args.ledger, on_wait=_waiting)
-    with app.open_session(ref, on_wait=_waiting) as s:
-        app.reconcile(s)
+    ref = resolve(args.study, args.ledger, on_wait=_waiting, submitted=True)
+    with app.open_session(ref, on_wait=_waiting, read=True) as s:  # reads only: never waits for a scheduler
         job = app.find_job(s, args.job)
     if job is None:
         raise StudyNotFound(f"study {ref.study.name!r} has no job {args.job!r} (give a uid prefix or a label)")
@@ -394,8 +504,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.registry import SUITE_KEYS
     from .eval.runner import evaluate_checkpoint
 
+    from .errors import SpecError
+    from .names import is_name
+
     config = json.loads(Path(args.model_config).read_text()) if args.model_config else None
     tasks = args.tasks or list(SUITE_KEYS)
+    bad = [t for t in tasks if not is_name(t)]
+    if bad:
+        raise SpecError(f"--tasks: {bad} are not task names (a task key, or a folder name under --eval-root)")
     results = evaluate_checkpoint(Path(args.checkpoint), args.model, config, Path(args.eval_root), tasks,
                                   out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size)
     rows = [{"task": r.task, "status": r.status, "main_metric": r.main_metric,
@@ -416,7 +532,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "resume": cmd_resume, "cancel": cmd_cancel, "status": cmd_status,
+COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "resume": cmd_resume, "attach": cmd_attach, "cancel": cmd_cancel,
+            "status": cmd_status,
             "report": cmd_report, "logs": cmd_logs, "data": cmd_data, "eval": cmd_eval}
 
 if __name__ == "__main__":

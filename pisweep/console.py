@@ -112,6 +112,10 @@ def status_table(data: dict[str, Any]) -> Table:
         note = ""
         if c["state"] in ("failed", "blocked") and c.get("reason"):
             note = c["reason"] + (f"  (log: {c['log']})" if c.get("log") else "")
+        live = c.get("live") or {}
+        if live:
+            note = " ".join(f"{'training' if role == 'job' else 'evals'}: pid {pid}" for role, pid in live.items()) \
+                + (f"  {note}" if note else "")
         table.add_row(c["label"], f"[{style}]{c['state']}[/]", f"{c['epoch']}/{c['epochs']}", str(c["attempts"]),
                       metric, evals_txt, fmt_bytes(c["disk_bytes"]) if c["disk_bytes"] else "", note)
     return table

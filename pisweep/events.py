@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .atomic import atomic_write_json
+from .job.audit import audit
 
 EVENT_DIR = "events"
 
@@ -46,8 +47,9 @@ def write_event(job_folder: Path, job_uid: str, kind: str, attempt: dict[str, An
     now = time.time_ns()
     name = f"{now:020d}-{os.getpid()}-{kind}.json"
     path = Path(job_folder) / EVENT_DIR / name
-    atomic_write_json(path, {"job": job_uid, "kind": kind, "time": now / 1e9,
-                             "attempt": attempt if attempt is not None else attempt_from_env(), "data": data})
+    attempt = attempt if attempt is not None else attempt_from_env()
+    atomic_write_json(path, {"job": job_uid, "kind": kind, "time": now / 1e9, "attempt": attempt, "data": data})
+    audit(job_folder, kind, attempt, data)
     return path
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .atomic import atomic_write_json
-from .job.liveness import watch_controller
+from .errors import PisweepError
+from .job.liveness import take_cancel_marker, watch_controller
 from .jobctx import JobContext, Preempted, signal_label
 
 log = logging.getLogger("pisweep.job")
@@ -160,13 +161,17 @@ def run_job_file(path: Path, stop_outcome: Callable[[], str] | None = None,
         log.info("%s", stop)
         if tracked:
             outcome = stop_outcome() if stop_outcome else local_stop_outcome(ctx.stop_signal)
-            ctx.emit("attempt_ended", outcome=outcome, reason=str(stop), step=ctx.step, epoch=ctx.epoch)
+            reason = str(stop)
+            if not stop_outcome and ctx.rank == 0 and take_cancel_marker(ctx.folder):
+                outcome, reason = "cancelled", f"cancelled by `pisweep cancel`: {stop}"
+            ctx.emit("attempt_ended", outcome=outcome, reason=reason, step=ctx.step, epoch=ctx.epoch)
         code = EXIT_STOPPED
     except BaseException as e:  # noqa: BLE001 - every failure is recorded with its reason, then re-raised as exit 1
         log.error("job %s failed:\n%s", job.uid, traceback.format_exc())
         if tracked:
+            retry = getattr(e, "retry", True) if isinstance(e, PisweepError) else True
             ctx.emit("attempt_ended", outcome="failed", reason=f"{type(e).__name__}: {e}"[:2000], step=ctx.step,
-                     epoch=ctx.epoch)
+                     epoch=ctx.epoch, retry=bool(retry), stop_signal=ctx.stop_signal)
         code = EXIT_FAILED
     else:
         if tracked:

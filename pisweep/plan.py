@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import PlanError
 from .spec import Study
 
 UID_LEN = 12
+MAX_JOBS = 100_000  # a grid above these is refused before it is expanded (raise with --max-jobs / --max-evals)
+MAX_EVALS = 10_000_000
 # Fields of a stage's spec that change how a job runs but never what it computes.
 _STAGE1_NOT_RESULT = {"workers"}
 _STAGE2_NOT_RESULT = {"workers", "checkpoint_every_steps", "log_every_steps", "keep_weights", "keep_resume"}
@@ -121,6 +124,39 @@ def data_identity(study: Study, part: str, scale: str | None = None) -> dict[str
 def eval_epochs(epochs: int, every: int) -> tuple[int, ...]:
     """Epochs whose checkpoint is evaluated: every ``every``-th, and always the last."""
     return tuple(e for e in range(1, epochs + 1) if e % every == 0 or e == epochs)
+
+
+@dataclass(frozen=True)
+class GridSize:
+    inits: int
+    runs: int
+    evals: int
+
+    @property
+    def jobs(self) -> int:
+        return self.inits + self.runs
+
+
+def grid_size(study: Study) -> GridSize:
+    """What :func:`make_plan` would make, counted from the axes' lengths alone (nothing is expanded)."""
+    g = study.grid
+    per_cell = len(g.scale) * len(g.seed)
+    evaluated = sum(e // study.eval.every + (1 if e % study.eval.every else 0) for e in g.epochs)
+    return GridSize(inits=len(g.seed) * sum(1 for i in g.init if i != "random"),
+                    runs=per_cell * len(g.epochs) * len(g.init),
+                    evals=per_cell * len(g.init) * evaluated * len(suite_tasks(study)))
+
+
+def check_grid_size(study: Study, max_jobs: int = MAX_JOBS, max_evals: int = MAX_EVALS) -> GridSize:
+    """Refuse a grid above the limits with its counts, before anything is expanded."""
+    size = grid_size(study)
+    if size.jobs > max_jobs or size.evals > max_evals:
+        raise PlanError(f"study {study.name!r}: the grid expands to {size.jobs:,} jobs ({size.inits:,} inits, "
+                        f"{size.runs:,} runs) and {size.evals:,} evals, above the limit of {max_jobs:,} jobs and "
+                        f"{max_evals:,} evals; narrow grid.* (axis lengths: init {len(study.grid.init)}, scale "
+                        f"{len(study.grid.scale)}, epochs {len(study.grid.epochs)}, seed {len(study.grid.seed)}), or "
+                        f"raise the limit with --max-jobs / --max-evals")
+    return size
 
 
 def make_plan(study: Study) -> Plan:

@@ -6,11 +6,13 @@ a hyper-parameter names its source (shared/reference/paper-protocol.md, "§" bel
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .data.synth_config import SynthConfig
+from .names import check_text, is_name
 
 InitMethod = Literal["random", "perceptual", "shuffled"]
 ExecutorName = Literal["local", "slurm"]
@@ -18,7 +20,14 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Strict(BaseModel):
+    """Unknown keys refused, frozen, and no control character in any string (see pisweep/names.py)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, v: Any) -> Any:
+        return v if isinstance(v, BaseModel) else check_text(v)
 
 
 class ScaleData(Strict):
@@ -32,6 +41,11 @@ class SyntheticData(SynthConfig):
     """Small synthetic data in the real formats, generated under ``root`` when missing (see pisweep.data.synth)."""
 
     root: str = "data/synthetic"
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, v: Any) -> Any:
+        return check_text(v)
 
 
 class DataSpec(Strict):
@@ -67,6 +81,14 @@ class ModelSpec(Strict):
 
     name: str = "ViT-B-32"  # §1.3: the paper's ViT-B/32
     config: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        if not is_name(v):
+            raise ValueError("must be an open_clip model name (letters, digits, '_', '.', '-'), not a path: it names "
+                             "the model's config file beside its checkpoints")
+        return v
 
 
 class OptimSpec(Strict):
@@ -131,7 +153,7 @@ class GridSpec(Strict):
     @field_validator("init", "scale", "epochs", "seed")
     @classmethod
     def _unique(cls, v: list) -> list:
-        dup = sorted({str(x) for x in v if v.count(x) > 1})
+        dup = sorted(str(x) for x, n in Counter(v).items() if n > 1)
         if dup:
             raise ValueError(f"duplicate values {dup}")
         return v

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .errors import SpecError
 from .spec import Study, cross_field_problems
+from .yamlfile import parse_yaml
 
 
 def load_study(path: str | Path) -> Study:
@@ -25,13 +26,8 @@ def load_study(path: str | Path) -> Study:
         raise SpecError(f"{path}: no such study file") from None
     except OSError as e:
         raise SpecError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise SpecError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    data = parse_yaml(text, path)
+    root = yaml.compose(text)  # the nodes, for the line numbers of field errors
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a study file must be a mapping with keys such as name, output_root, data, grid")
     data = resolve_paths(data, path.resolve().parent)

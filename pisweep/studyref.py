@@ -55,11 +55,17 @@ def looks_like_file(arg: str) -> bool:
     return arg.endswith((".yaml", ".yml")) or os.sep in arg or Path(arg).is_file()
 
 
-def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] | None = None) -> StudyRef:
-    """A study from a YAML path or a submitted study's name."""
+def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] | None = None,
+            submitted: bool = False) -> StudyRef:
+    """A study from a YAML path or a submitted study's name.
+
+    ``submitted``: the study must be recorded in its ledger (read-only commands: nothing is created for a study
+    that is not, and another study's ledger given with ``--ledger`` is never written)."""
     if looks_like_file(arg):
         study = load_study(arg)
         path = Path(ledger) if ledger else default_ledger(study)
+        if submitted:
+            _require_recorded(study.name, path, arg, on_wait)
         return StudyRef(study, study.model_dump(mode="json"), path, str(Path(arg).resolve()), True)
     if ledger:
         path = Path(ledger)
@@ -72,14 +78,25 @@ def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] 
         path = Path(entry["ledger"])
     if not path.exists():
         raise StudyNotFound(f"study {arg!r}: its ledger {path} does not exist")
+    spec = _require_recorded(arg, path, arg, on_wait)
+    return StudyRef(study_from_json(spec), spec, path, None, False)
+
+
+def _require_recorded(name: str, path: Path, arg: str, on_wait: Callable[[str], None] | None) -> dict[str, Any]:
+    """The recorded spec of study ``name`` in the ledger at ``path``; StudyNotFound ("not submitted") otherwise.
+    Reads only: no ledger is created, none is written."""
     from .ledger.db import Ledger
     from .ledger.queries import study_names, study_spec
 
-    led = Ledger(path, on_wait=on_wait)
+    if not path.is_file():
+        raise StudyNotFound(f"study {name!r} is not submitted: there is no ledger at {path} "
+                            f"(`pisweep submit {arg}` records and runs it)")
+    led = Ledger.for_reading(path, on_wait=on_wait)
     try:
-        spec = study_spec(led, arg)
+        spec = study_spec(led, name)
         if spec is None:
-            raise StudyNotFound(f"ledger {path} has no study {arg!r} (it has: {', '.join(study_names(led)) or 'none'})")
+            raise StudyNotFound(f"study {name!r} is not submitted in the ledger {path} (it has: "
+                                f"{', '.join(study_names(led)) or 'none'})")
     finally:
         led.close()
-    return StudyRef(study_from_json(spec), spec, path, None, False)
+    return spec

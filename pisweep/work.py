@@ -40,7 +40,7 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
         state = row.state if row else "planned"
         if state == TERMINAL_OK:
             init_state[init.uid] = "ok"
-        elif row is not None and state == "failed" and row.failures > max_failures:
+        elif row is not None and row.failed_for_good(max_failures):
             init_state[init.uid] = "failed"
             work.failed[init.uid] = row.reason or "failed"
         else:
@@ -50,7 +50,7 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
         row = snap.jobs.get(run.uid)
         state = row.state if row else "planned"
         if state != TERMINAL_OK:
-            if row is not None and state == "failed" and row.failures > max_failures:
+            if row is not None and row.failed_for_good(max_failures):
                 work.failed[run.uid] = row.reason or "failed"
             elif run.init_uid is None or init_state.get(run.init_uid) == "ok":
                 work.runs.append(run)

@@ -19,3 +19,31 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    """A factory: write a study file, load it and record its plan in a fresh ledger (nothing runs).
+
+    Returns (study, plan, layout, ledger); ledgers are closed after the test."""
+    from pisweep.ledger.db import Ledger
+    from pisweep.ledger.ingest import record_study
+    from pisweep.plan import Layout, make_plan
+    from pisweep.spec_load import load_study
+
+    opened = []
+
+    def record(text: str, name: str = "s.yaml", ledger: Path | None = None):
+        spec = tmp_path / name
+        spec.write_text(text)
+        study = load_study(spec)
+        plan = make_plan(study)
+        layout = Layout(Path(study.output_root))
+        led = Ledger(ledger or tmp_path / "ledger.sqlite")
+        opened.append(led)
+        record_study(led, study.model_dump(mode="json"), str(spec), plan, layout)
+        return study, plan, layout, led
+
+    yield record
+    for led in opened:
+        led.close()

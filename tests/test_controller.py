@@ -159,6 +159,7 @@ def test_a_second_controller_is_refused_at_once(tmp_path, data_root, capsys):
     try:
         info = wait_for("the scheduler's lock", lambda: live_controller(tmp_path / "out"), proc)
         assert info["pid"] == proc.pid
+        wait_for("the training job to start", lambda: training(tmp_path), proc)  # past claiming its output root
         capsys.readouterr()
         t0 = time.time()
         assert main(["submit", str(path)]) == 2
@@ -175,3 +176,63 @@ def test_a_second_controller_is_refused_at_once(tmp_path, data_root, capsys):
     assert main(["submit", str(path), "--ledger", str(tmp_path / "other.sqlite")]) == 2
     assert "already belongs to the ledger" in capsys.readouterr().err
     assert not (tmp_path / "other.sqlite").exists()
+
+
+def test_detach_then_status_attach_and_cancel(tmp_path, data_root, capsys):
+    name = "ci-detach"
+    path = study(tmp_path, data_root, name, epochs=3)
+    out = tmp_path / "out"
+    assert main(["submit", str(path), "--detach"]) == 0  # returns once the scheduler has started
+    said = capsys.readouterr().out
+    info = live_controller(out)
+    assert info and f"pid {info['pid']}" in said and "pisweep attach" in said, said
+    wait_for("the training job to start", lambda: training(tmp_path))
+    status = status_of(name, capsys)
+    assert status["controller"]["pid"] == info["pid"]
+    (cell,) = [c for c in status["cells"] if c["kind"] == "train"]
+    assert cell["live"] and cell["live"]["job"], cell  # its live process, by pid
+    attach = subprocess.Popen([sys.executable, "-m", "pisweep.cli", "attach", name], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    time.sleep(2)
+    capsys.readouterr()
+    assert main(["cancel", name]) == 0
+    said = capsys.readouterr().out
+    assert f"stopped the scheduler (pid {info['pid']})" in said and "stopped by SIGTERM" in said, said
+    followed, _ = attach.communicate(timeout=60)
+    assert attach.returncode == 0 and "scheduler started" in followed and "stopped by SIGTERM" in followed, followed
+    assert live_controller(out) is None
+    (cell,) = [c for c in status_of(name, capsys)["cells"] if c["kind"] == "train"]
+    assert cell["state"] == "cancelled" and cell["live"] is None, cell
+    assert main(["cancel", name]) == 1  # nothing live: said, and not a success
+    assert "nothing to cancel" in capsys.readouterr().out
+    assert main(["attach", name]) == 1
+    assert main(["resume", name]) == 0  # a cancelled cell goes on from its saved state
+    (cell,) = [c for c in status_of(name, capsys)["cells"] if c["kind"] == "train"]
+    assert cell["state"] == "completed" and epochs_done(run_dir(tmp_path)) == [1, 2, 3]
+
+
+def test_cancel_of_one_live_job_is_not_undone_by_the_running_scheduler(tmp_path, data_root, capsys):
+    name = "ci-cancel-one"
+    spec = yaml.safe_load(study(tmp_path, data_root, name, epochs=2).read_text())
+    spec["grid"]["seed"] = [0, 1]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = start(path)
+    label = "random-tiny-e2-s0"
+
+    def live_s0():
+        capsys.readouterr()
+        if main(["status", name, "--json"]) != 0:
+            return None
+        cells = {c["label"]: c for c in json.loads(capsys.readouterr().out)["cells"]}
+        return (cells.get(label) or {}).get("live")
+
+    wait_for("s0 to be live", live_s0, proc)
+    assert main(["cancel", name, label]) == 0
+    said = capsys.readouterr().out
+    assert "cancelled 1 live job" in said and label in said, said
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr  # the scheduler finished the rest and did not start s0 again
+    cells = {c["label"]: c for c in status_of(name, capsys)["cells"] if c["kind"] == "train"}
+    assert cells[label]["state"] == "cancelled" and cells[label]["attempts"] == 1, cells[label]
+    assert cells["random-tiny-e2-s1"]["state"] == "completed"

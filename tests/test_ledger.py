@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -16,8 +15,7 @@ from pisweep.ledger import schema as t
 from pisweep.ledger.db import Ledger
 from pisweep.ledger.ingest import ingest, record_study
 from pisweep.ledger.migrations import LATEST
-from pisweep.plan import Layout, make_plan
-from pisweep.spec_load import load_study
+from pisweep.plan import make_plan
 
 SPEC = textwrap.dedent("""\
     name: led
@@ -30,15 +28,8 @@ SPEC = textwrap.dedent("""\
 
 
 @pytest.fixture
-def setup(tmp_path):
-    spec = tmp_path / "s.yaml"
-    spec.write_text(SPEC)
-    study = load_study(spec)
-    plan = make_plan(study)
-    layout = Layout(Path(study.output_root))
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    record_study(ledger, study.model_dump(mode="json"), str(spec), plan, layout)
-    return study, plan, layout, ledger
+def setup(recorded):
+    return recorded(SPEC)
 
 
 def write_run_events(layout, run, attempt):

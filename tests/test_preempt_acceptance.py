@@ -145,8 +145,10 @@ def test_three_real_preemptions_under_the_launcher_end_bitwise_identical(tmp_pat
 
         app.reconcile(s)
         attempts = attempts_of(s.ledger, run.uid)
+        # outside SLURM, SIGUSR2 is a preemption and SIGTERM/SIGINT a stop; each saved its state
         assert [(a["job_id"], a["restart"], a["outcome"], a["step"]) for a in attempts] == [
-            ("acc", i, "preempted", step) for i, step in enumerate(steps)] + [("acc", 3, "completed", STEPS)]
+            ("acc", i, "preempted" if sig == signal.SIGUSR2 else "stopped", step)
+            for i, (step, sig) in enumerate(zip(steps, SIGNALS))] + [("acc", 3, "completed", STEPS)]
         assert [a["world_size"] for a in attempts] == [2] * 4
         for a, sig in zip(attempts, SIGNALS):
             assert sig.name in a["reason"]

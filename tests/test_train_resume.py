@@ -143,7 +143,7 @@ def test_state_with_non_finite_weights_is_never_written(tmp_path):
     with pytest.raises(Preempted):
         train(StopAfter(uid="r", folder=folder, stop_at=2), study(pattern), pattern)
     good = sha256_file(folder / "resume" / "state.pt")
-    state = torch.load(folder / "resume" / "state.pt", weights_only=False)
+    state = torch.load(folder / "resume" / "state.pt", weights_only=True)
     state["model"]["visual.proj"][0, 0] = float("nan")  # e.g. an overflow that the loss did not show yet
     torch.save(state, folder / "resume" / "state.pt")
     poisoned = sha256_file(folder / "resume" / "state.pt")

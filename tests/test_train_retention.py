@@ -54,7 +54,7 @@ def test_resume_state_shrinks_to_a_marker_when_the_run_is_done_unless_kept(tmp_p
     ctx = train(folder, study(pattern), pattern, 2)
     marker = folder / "resume" / "state.pt"
     assert marker.stat().st_size < full / 20
-    state = torch.load(marker, weights_only=False)
+    state = torch.load(marker, weights_only=True)
     assert state["done"] and "model" not in state and "optimizer" not in state
     last = [e for e in checkpoint_events(folder) if e["kind"] == "resume"][-1]
     assert last["bytes"] == marker.stat().st_size and last["step"] == ctx.step == 10
@@ -64,7 +64,7 @@ def test_resume_state_shrinks_to_a_marker_when_the_run_is_done_unless_kept(tmp_p
 
     kept = tmp_path / "kept"
     train(kept, with_stage2(study(pattern), keep_resume="always"), pattern, 2)
-    assert "optimizer" in torch.load(kept / "resume" / "state.pt", weights_only=False)
+    assert "optimizer" in torch.load(kept / "resume" / "state.pt", weights_only=True)
 
 
 def test_disk_use_counts_each_file_once_at_its_size_on_disk(tmp_path):

@@ -34,14 +34,35 @@ def describe(info: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def hold_controller(output_root: str | Path, study: str, purpose: str) -> Iterator[None]:
-    """Be the study's one controller for the block, or raise StudyBusy naming the live one."""
-    held = try_hold(controller_lock_path(output_root), study=study, purpose=purpose,
+    """Be the study's one controller for the block, or raise StudyBusy naming the live one.
+
+    A block that fails on an output root this call created (a study refused by preflight) leaves no folder."""
+    root = Path(output_root)
+    created = not root.exists()
+    held = try_hold(controller_lock_path(root), study=study, purpose=purpose,
                     command=" ".join(["pisweep", *sys.argv[1:3]]))
     if held is None:
-        info = live_controller(output_root) or {}
+        info = live_controller(root) or {}
         raise StudyBusy(f"study {study!r} is already being run by {describe(info)}; follow it with "
                         f"`pisweep status {study}`, stop it with `pisweep cancel {study}`")
     try:
         yield
+    except BaseException:
+        if created:
+            _remove_if_only_ours(root)
+        raise
     finally:
         held.release()
+
+
+def _remove_if_only_ours(root: Path) -> None:
+    """Remove the folder a refused first submit made, if it holds nothing but the controller's own files."""
+    from ..ledger.owner import OWNER_FILE
+
+    try:
+        if {p.name for p in root.iterdir()} <= {LOCK_NAME, OWNER_FILE}:
+            for name in (LOCK_NAME, OWNER_FILE):
+                (root / name).unlink(missing_ok=True)
+            root.rmdir()
+    except OSError:
+        pass

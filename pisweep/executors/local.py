@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from ..ledger.queries import jobs_of, open_local_attempts, snapshot
 from ..plan import Layout, Plan
 from ..spec import Study
 from ..work import eval_job_file, init_job_file, job_file_path, next_work, train_job_file
+from .controller import live_controller
 from .stopping import StopRequest
 
 STOP_GRACE_S = 60.0  # how long stopped children get to save before they are killed
@@ -94,6 +96,7 @@ class LocalExecutor:
         self.grace_s = grace_s
         self.stopping = False
         self.foreign: dict[str, dict[str, Any]] = {}  # key -> holder note of a live job this scheduler did not start
+        self.t0 = time.time()
 
     # -- reporting: the terminal may be gone (SIGHUP, closed pipe); the scheduler's log is always written --------
     def _say(self, method: str, *args: Any) -> None:
@@ -122,7 +125,7 @@ class LocalExecutor:
                 self._reap(out)  # before ingesting: a job that just exited has written all its events
                 ingest(self.ledger, self.plan.study)
                 snap = snapshot(self.ledger, self.plan.study, self.suite_version)
-                work = next_work(self.plan, snap, self.study.executor.max_failures)
+                work = self._drop_cancelled(next_work(self.plan, snap, self.study.executor.max_failures), snap)
                 for uid, reason in work.blocked.items():
                     if snap.jobs[uid].state != "blocked":
                         set_job_state(self.ledger, uid, "blocked", reason)
@@ -136,6 +139,12 @@ class LocalExecutor:
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:  # SIGINT outside the handler's reach (e.g. while it was being installed)
             return self._stop(out, "SIGINT", 130)
+        except BaseException as e:  # the scheduler itself failed (e.g. a folder turned read-only): jobs save first
+            if self.log is not None:
+                self.log.line(f"scheduler failed ({type(e).__name__}: {e}); asking its jobs to save and stop")
+            self.stopping = True
+            self.stop_all(self.grace_s)
+            raise
 
     def _stop(self, out: Outcome, reason: str, code: int) -> Outcome:
         """Ask every child to save and stop, wait for them, record what happened, and say it in one line."""
@@ -152,6 +161,16 @@ class LocalExecutor:
         if self.log is not None:
             self.log.line(out.message)
         return out
+
+    def _drop_cancelled(self, work, snap):
+        """Cells cancelled (``pisweep cancel STUDY JOB``) while this scheduler runs are not run again by it, nor
+        are the runs that wait for a cancelled init; a later submit or resume runs them."""
+        gone = {u for u, row in snap.jobs.items() if row.state == "cancelled" and (row.updated_at or 0) >= self.t0}
+        if gone:
+            work.inits = [i for i in work.inits if i.uid not in gone]
+            work.runs = [r for r in work.runs if r.uid not in gone and r.init_uid not in gone]
+            work.waiting = [r for r in work.waiting if r.uid not in gone and r.init_uid not in gone]
+        return work
 
     def _runnable(self, work) -> bool:
         fresh_evals = any((uid, e, t) not in self.tried_evals for uid, items in work.evals.items() for e, t in items)
@@ -276,9 +295,12 @@ def close_lost_attempts(ledger: Ledger, study: str) -> int:
     reason "controller lost" (work since their last save is redone; it does not count against the retry budget);
     local jobs left ``queued``/``running`` with no live process become ``stopped``.
 
-    A live job holds its folder's lock, so only dead ones are touched; the end is written as an event in the job's
+    A live job holds its folder's lock, so only dead ones are touched, and only attempts of this host (a lock seen
+    over a network file system from another host proves nothing); the end is written as an event in the job's
     folder (a rebuilt ledger finds it too). Returns how many attempts were closed."""
-    dead = [a for a in open_local_attempts(ledger, study) if holder(job_lock_path(a.folder, "job")) is None]
+    here = socket.gethostname()
+    dead = [a for a in open_local_attempts(ledger, study)
+            if a.host in (None, here) and holder(job_lock_path(a.folder, "job")) is None]
     closed = 0
     if dead:
         ingest(ledger, study)  # an attempt that ended on its own just before its lock was seen free: apply its end
@@ -291,10 +313,13 @@ def close_lost_attempts(ledger: Ledger, study: str) -> int:
                             "last saved state")
                 closed += 1
         ingest(ledger, study)
-    for row in jobs_of(ledger, study).values():
-        if (row.executor == "local" and row.state in LIVE_STATES
-                and holder(job_lock_path(row.folder, "job")) is None):
-            set_job_state(ledger, row.uid, "stopped", "controller lost before the job recorded its start")
+    attempted = {a.uid for a in open_local_attempts(ledger, study)}
+    rows = [r for r in jobs_of(ledger, study).values()
+            if r.executor == "local" and r.state in LIVE_STATES and r.uid not in attempted]
+    if rows and live_controller(Path(rows[0].folder).parent.parent) is None:  # <root>/runs/<uid>: no scheduler
+        for row in rows:
+            if holder(job_lock_path(row.folder, "job")) is None:
+                set_job_state(ledger, row.uid, "stopped", "controller lost before the job recorded its start")
     return closed
 
 

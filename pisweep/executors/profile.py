@@ -10,19 +10,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from ..errors import SpecError
-from ..spec import Resources
+from ..spec import Resources, Strict
+from ..yamlfile import parse_yaml
 
 # sbatch option names: letters, digits and dashes only, so no value can smuggle in another option.
 _OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
-class KindOverride(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class KindOverride(Strict):
     nodes: int | None = Field(None, ge=1)
     gpus_per_node: int | None = Field(None, ge=0)
     cpus_per_task: int | None = Field(None, ge=1)
@@ -32,10 +30,9 @@ class KindOverride(BaseModel):
     qos: str | None = None
 
 
-class SiteProfile(BaseModel):
-    """What every job of a site needs; values are passed to sbatch as separate, quoted options."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SiteProfile(Strict):
+    """What every job of a site needs; values are passed to sbatch as separate, quoted options. No string may
+    hold a control character (a newline would end an #SBATCH line); setup lines are one shell line each."""
 
     partition: str | None = None
     account: str | None = None
@@ -76,11 +73,11 @@ class SiteProfile(BaseModel):
 def load_profile(path: str | Path) -> SiteProfile:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text(), path) or {}
     except FileNotFoundError:
         raise SpecError(f"executor.profile: site profile {path} does not exist") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise SpecError(f"executor.profile: cannot read site profile {path} ({e.strerror})") from None
     try:
         return SiteProfile.model_validate(data)
     except ValidationError as e:

@@ -94,16 +94,20 @@ class SlurmTask:
     def _maybe_requeue(self, job, stopped: bool) -> bool:
         ended = _outcomes(Path(job.folder))
         last = ended[-1] if ended else None
-        if stopped and "SIGTERM" in _last_reason(Path(job.folder)):
+        last_end = _last_ended(Path(job.folder))
+        if "SIGTERM" in str(last_end.get("stop_signal") or "") or (stopped and "SIGTERM" in _last_reason(
+                Path(job.folder))):
             # SIGTERM alone is scancel (or SLURM's own preemption, which requeues the job itself in REQUEUE
-            # mode): the state is saved; requeueing here would make a job that a person cancelled come back
-            log.info("stopped by SIGTERM: state saved, not requeued by pisweep")
+            # mode): the state is saved; requeueing here would make a job that a person cancelled come back. A job
+            # that failed while it was being stopped so (scancel also kills its helpers, e.g. wandb's service)
+            # is not requeued either.
+            log.info("stopped by SIGTERM: not requeued by pisweep")
             return False
         if stopped and last == "preempted":
             why = "preempted"
         elif stopped and last == "timeout" and ended.count("timeout") <= self.max_timeouts:
             why = f"timeout {ended.count('timeout')}/{self.max_timeouts}"
-        elif not stopped and ended.count("failed") <= self.max_failures:
+        elif not stopped and ended.count("failed") <= self.max_failures and last_end.get("retry", True):
             why = f"failure {ended.count('failed')}/{self.max_failures + 1}"
         else:
             log.info("not requeued: %s (outcomes so far: %s)", last, ended)
@@ -201,12 +205,17 @@ def _duration(text: str) -> float | None:
     return days * 86400 + h * 3600 + m * 60 + s
 
 
-def _last_reason(folder: Path) -> str:
+def _last_ended(folder: Path) -> dict[str, Any]:
+    """The data of this job's last attempt_ended event ({} if none)."""
     ended = sorted((folder / "events").glob("*-attempt_ended.json"))
     try:
-        return str(json.loads(ended[-1].read_text())["data"].get("reason") or "") if ended else ""
-    except (OSError, ValueError, KeyError):
-        return ""
+        return dict(json.loads(ended[-1].read_text())["data"]) if ended else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _last_reason(folder: Path) -> str:
+    return str(_last_ended(folder).get("reason") or "")
 
 
 def _outcomes(folder: Path) -> list[str]:

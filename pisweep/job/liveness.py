@@ -41,6 +41,20 @@ def job_lock_path(folder: str | Path, role: str) -> Path:
     return Path(folder) / LIVE_DIR / f"{role}.lock"
 
 
+def cancel_marker_path(folder: str | Path) -> Path:
+    """Written by ``pisweep cancel`` before it signals a local job: the job then ends its attempt as cancelled."""
+    return Path(folder) / LIVE_DIR / "cancel"
+
+
+def take_cancel_marker(folder: str | Path) -> bool:
+    """Whether this job's stop is a cancel (the marker is removed: the next attempt is an ordinary one)."""
+    path = cancel_marker_path(folder)
+    if path.exists():
+        path.unlink(missing_ok=True)
+        return True
+    return False
+
+
 @dataclass
 class Held:
     """An flock held through an open file; :meth:`note` records who holds it, :meth:`release` lets go."""

@@ -114,7 +114,7 @@ def apply_event(conn: Connection, uid: str, ev: dict[str, Any]) -> None:
             host=data.get("host"), world_size=data.get("world_size"), started_at=when).on_conflict_do_update(
             index_elements=["job_uid", "job_id", "restart"],
             set_={"host": data.get("host"), "executor": data.get("executor"), "started_at": when}))
-        _job(conn, uid, when, state="running", reason=None, scheduler_id=att["job_id"])
+        _job(conn, uid, when, state="running", reason=None, scheduler_id=att["job_id"], no_retry=0)
     elif kind == "attempt_ended":
         outcome = data["outcome"]
         conn.execute(insert(t.attempts).values(
@@ -126,7 +126,7 @@ def apply_event(conn: Connection, uid: str, ev: dict[str, Any]) -> None:
         counts = dict(conn.execute(select(t.attempts.c.outcome, func.count()).where(t.attempts.c.job_uid == uid)
                                    .group_by(t.attempts.c.outcome)).all())
         _job(conn, uid, when, state=outcome, reason=data.get("reason"), failures=counts.get("failed", 0),
-             timeouts=counts.get("timeout", 0))
+             timeouts=counts.get("timeout", 0), no_retry=int(outcome == "failed" and data.get("retry") is False))
         if data.get("step") is not None:
             _raise_reached(conn, uid, step=data["step"])
     elif kind == "epoch_done":

@@ -35,7 +35,16 @@ def _v2(conn: Connection) -> None:
         conn.execute(text(sql))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+def _v3(conn: Connection) -> None:
+    """jobs.no_retry: the last attempt failed in a way that repeats (bad data, a non-finite loss, a full disk), so
+    the cell is failed at once instead of spending its retry budget. (A ledger made at v1 by this version's
+    schema has the column already.)"""
+    columns = {row[1] for row in conn.execute(text("PRAGMA table_info(jobs)"))}
+    if "no_retry" not in columns:
+        conn.execute(text("ALTER TABLE jobs ADD COLUMN no_retry INTEGER NOT NULL DEFAULT 0"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 LATEST = len(MIGRATIONS)
 
 

@@ -32,7 +32,13 @@ class JobRow:
     log_path: str | None
     scheduler_id: str | None
     executor: str | None
+    no_retry: int
+    updated_at: float | None
     attempts: int = 0
+
+    def failed_for_good(self, max_failures: int) -> bool:
+        """Failed past its retry budget, or in a way that repeats (no retry would help)."""
+        return self.state == "failed" and (self.failures > max_failures or bool(self.no_retry))
 
 
 @dataclass
@@ -336,13 +342,15 @@ class OpenAttempt:
     job_id: str
     restart: int
     step: int
+    host: str | None
 
 
 def open_local_attempts(ledger: Ledger, study: str) -> list[OpenAttempt]:
     """Attempts of the study's local jobs with no end recorded (live ones, or ones whose process died unseen)."""
     with ledger.engine.connect() as conn:
         rows = conn.execute(
-            select(t.jobs.c.uid, t.jobs.c.folder, t.attempts.c.job_id, t.attempts.c.restart, t.jobs.c.step_reached)
+            select(t.jobs.c.uid, t.jobs.c.folder, t.attempts.c.job_id, t.attempts.c.restart, t.jobs.c.step_reached,
+                   t.attempts.c.host)
             .join(t.attempts, t.attempts.c.job_uid == t.jobs.c.uid)
             .where(t.jobs.c.study == study, t.attempts.c.outcome.is_(None),
                    func.coalesce(t.attempts.c.executor, t.jobs.c.executor) == "local")).all()

@@ -35,6 +35,7 @@ jobs = Table(
     Column("step_reached", Integer, nullable=False, default=0),
     Column("failures", Integer, nullable=False, default=0),
     Column("timeouts", Integer, nullable=False, default=0),
+    Column("no_retry", Integer, nullable=False, default=0),  # its last attempt failed in a way that repeats
     Column("executor", String), Column("scheduler_id", String),
     Column("log_path", Text),
     Column("updated_at", Float, nullable=False),

@@ -5,6 +5,7 @@ final name, and its sha256 is computed while writing (no second read of a multi-
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from ..atomic import atomic_open, atomic_write_json
+from ..atomic import atomic_open, atomic_write_json, disk_full
 from ..errors import TrainingError
 from ..models import unwrap
 
@@ -26,12 +27,17 @@ class _HashingWriter:
         self._f = f
         self.sha = hashlib.sha256()
         self.bytes = 0
+        self.error: OSError | None = None  # torch.save turns a failed write into a RuntimeError: keep the cause
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
         self.sha.update(view)
         self.bytes += view.nbytes
-        return self._f.write(view)
+        try:
+            return self._f.write(view)
+        except OSError as e:
+            self.error = e
+            raise
 
     def flush(self) -> None:
         self._f.flush()
@@ -39,9 +45,15 @@ class _HashingWriter:
 
 def save_hashed(obj: Any, path: Path) -> tuple[str, int]:
     """torch.save ``obj`` atomically to ``path``; return (sha256, bytes) of the file."""
-    with atomic_open(Path(path)) as f:
-        w = _HashingWriter(f)
-        torch.save(obj, w)
+    w = None
+    try:
+        with atomic_open(Path(path)) as f:
+            w = _HashingWriter(f)
+            torch.save(obj, w)
+    except RuntimeError as e:
+        if w is not None and w.error is not None and w.error.errno == errno.ENOSPC:
+            raise disk_full(Path(path)) from e
+        raise
     return w.sha.hexdigest(), w.bytes
 
 
@@ -106,8 +118,9 @@ def load_resume(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | Non
     if not path.exists():
         return None
     try:
-        # Our own file (not user input); it holds RNG states that weights_only cannot unpickle.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a state planted in a job folder cannot run code when it is read (tensors and plain types
+        # only; the fingerprint is checked next)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure means the same thing here
         raise TrainingError(f"resume state {path} is unreadable: {exc}") from exc
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:

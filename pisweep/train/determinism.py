@@ -41,7 +41,11 @@ def torch_generator(*keys: int) -> torch.Generator:
 
 def capture_rng_state() -> dict[str, Any]:
     """The process-global RNG states (python, numpy, torch CPU and CUDA), for a resume state."""
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # plain types and tensors only: a resume state loads with torch.load(weights_only=True), which runs no code
+    state: dict[str, Any] = {"python": random.getstate(),
+                             "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)),
+                                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
                              "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -50,7 +54,9 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
     torch.set_rng_state(state["torch"])
     # Training draws nothing from the CUDA generators (no dropout), so a resume on another GPU count may skip them.
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():

@@ -25,6 +25,7 @@ from ..models import create_model
 from ..spec import Study
 from .augment import model_image_size, model_mean_std, nights_transform
 from .checkpoint import load_resume, save_resume, save_weights
+from .epoch_report import replay_unreported
 from .determinism import (STREAM_NIGHTS_ORDER, STREAM_VOTE_SHUFFLE, capture_rng_state, derive_seed,
                           restore_rng_state, rng, seed_everything)
 from .loader import make_loader
@@ -119,6 +120,7 @@ class _Stage1:
         self.loss_sum, self.loss_n = 0.0, 0
         self.best: dict[str, Any] | None = None
         self.finished = False
+        self.unreported: dict[str, Any] | None = None  # this epoch's epoch_done, until it is written (epoch_report)
         state = load_resume(self.resume_path, self.fingerprint)
         if state is not None:
             self._restore(state)
@@ -133,6 +135,7 @@ class _Stage1:
 
     # ---- state ------------------------------------------------------------------------------------------
     def _restore(self, state: dict[str, Any]) -> None:
+        replay_unreported(self.ctx, state.get("unreported"))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.batch_in_epoch = state["pos"]["epoch"], state["pos"]["batch"]
@@ -147,7 +150,7 @@ class _Stage1:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                  "pos": {"epoch": self.epoch, "batch": self.batch_in_epoch}, "loss_sum": self.loss_sum,
                  "loss_n": self.loss_n, "best": self.best, "finished": self.finished,
-                 "rng": capture_rng_state(), "fingerprint": self.fingerprint}
+                 "rng": capture_rng_state(), "fingerprint": self.fingerprint, "unreported": self.unreported}
         sha, nbytes = save_resume(self.resume_path, state)
         self.ctx.emit("checkpoint", epoch=self.epoch - 1, kind="resume", path=str(self.resume_path),
                       sha256=sha, bytes=nbytes, step=self.step)
@@ -236,9 +239,11 @@ class _Stage1:
         if math.isfinite(val_loss) and (self.best is None or val_loss < self.best["val_loss"]):
             sha, nbytes = save_weights(self.init_path, e, self.model) if self.ctx.rank == 0 else ("", 0)
             self.best = {"epoch": e, "val_loss": val_loss, "sha256": sha, "bytes": nbytes}
-        self.ctx.emit("epoch_done", epoch=e, step=self.step, metrics=metrics)
+        self.unreported = {"epoch": e, "step": self.step, "metrics": metrics}
         self.epoch, self.batch_in_epoch, self.loss_sum, self.loss_n = e + 1, 0, 0.0, 0
         self.ctx.epoch = e
         self.finished = self.epoch > self.s1.epochs
-        self._save_resume()
+        self._save_resume()  # first the state that ends the epoch, then its report (train/epoch_report.py)
+        self.ctx.emit("epoch_done", **self.unreported)
+        self.unreported = None
 

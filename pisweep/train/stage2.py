@@ -31,6 +31,7 @@ from ..plan import eval_epochs
 from ..spec import Study
 from .augment import declip_train_transform, model_image_size, model_mean_std
 from .checkpoint import load_resume, save_resume, save_weights
+from .epoch_report import replay_unreported
 from .determinism import capture_rng_state, restore_rng_state, seed_everything
 from .loader import EpochBatchSampler, ShardDataset, make_loader
 from .optim import build_adamw, cosine_lr, set_lr
@@ -132,6 +133,7 @@ class _Stage2:
         self.loss_sum, self.loss_n = 0.0, 0  # running mean of this epoch's train loss
         self.weights_epochs = set(range(1, epochs + 1)) if self.s2.keep_weights == "all" \
             else set(eval_epochs(epochs, study.eval.every))
+        self.unreported: dict[str, Any] | None = None  # this epoch's epoch_done, until it is written (epoch_report)
         state = load_resume(self.resume_path, self.fingerprint)
         if state is not None:
             self._restore(state)
@@ -161,6 +163,7 @@ class _Stage2:
 
     # ---- state ------------------------------------------------------------------------------------------
     def _restore(self, state: dict[str, Any]) -> None:
+        replay_unreported(self.ctx, state.get("unreported"))
         self.epoch, self.batch, self.step = state["pos"]["epoch"], state["pos"]["batch"], state["step"]
         self.ctx.step, self.ctx.epoch = self.step, self.epoch - 1
         if state.get("done"):  # the completion marker of a finished run (keep_resume "until_done")
@@ -183,13 +186,14 @@ class _Stage2:
         pos = {"epoch": self.epoch, "batch": self.batch, "samples": self.batch * self.global_batch}
         if self.epoch > self.epochs and self.s2.keep_resume == "until_done":
             # Finished: nothing is left to resume, so keep only what says so (a re-run returns at once).
-            state = {"done": True, "step": self.step, "pos": pos, "fingerprint": self.fingerprint}
+            state = {"done": True, "step": self.step, "pos": pos, "fingerprint": self.fingerprint,
+                     "unreported": self.unreported}
         else:
             self._check_weights()
             state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                      "step": self.step, "pos": pos, "world_size": self.ctx.world_size,
                      "loss_sum": self.loss_sum, "loss_n": self.loss_n, "rng": capture_rng_state(),
-                     "fingerprint": self.fingerprint}
+                     "fingerprint": self.fingerprint, "unreported": self.unreported}
         sha, nbytes = save_resume(self.resume_path, state)
         self.last_save = time.monotonic()
         self.ctx.emit("checkpoint", epoch=self.epoch - 1, kind="resume", path=str(self.resume_path),
@@ -341,7 +345,9 @@ class _Stage2:
             sha, nbytes = save_weights(path, e, self.model)
             self.ctx.emit("checkpoint", epoch=e, kind="weights", path=str(path), sha256=sha, bytes=nbytes,
                           step=self.step)
-        self.ctx.emit("epoch_done", epoch=e, step=self.step, metrics=metrics)
+        self.unreported = {"epoch": e, "step": self.step, "metrics": metrics}
         self.epoch, self.batch, self.loss_sum, self.loss_n = e + 1, 0, 0.0, 0
         self.ctx.epoch = e
-        self._save_resume()
+        self._save_resume()  # first the state that ends the epoch, then its report (train/epoch_report.py)
+        self.ctx.emit("epoch_done", **self.unreported)
+        self.unreported = None
