@@ -70,6 +70,7 @@ class Outcome:
     failed: int = 0
     stopped: int = 0
     evals: int = 0
+    evals_jobs: int = 0  # eval processes that ended well
     interrupted: bool = False
     stop_reason: str | None = None  # SIGINT, SIGTERM, SIGHUP, "stdout closed"
     exit_code: int = 0  # when interrupted: 128 + the signal's number
@@ -150,13 +151,17 @@ class LocalExecutor:
         """Ask every child to save and stop, wait for them, record what happened, and say it in one line."""
         self.stopping = True
         asked = len(self.children)
+        before = (out.completed + out.evals_jobs + out.stopped, out.failed)
         killed = self.stop_all(self.grace_s)
         self._reap(out)
         ingest(self.ledger, self.plan.study)
         out.interrupted, out.stop_reason, out.exit_code = True, reason, code
+        saved = out.completed + out.evals_jobs + out.stopped - before[0]
+        failed = out.failed - before[1] - killed
         what = (f"asked {asked} job{'s' * (asked != 1)} to save and stop"
-                + (f"; {killed} did not within {self.grace_s:.0f}s and were killed" if killed else
-                   ("; all saved" if asked else "")))
+                + (f"; {saved} saved" if asked else "")
+                + (f"; {killed} did not within {self.grace_s:.0f}s and were killed" if killed else "")
+                + (f"; {failed} failed while stopping (see their logs)" if failed > 0 else ""))
         out.message = f"stopped by {reason}: {what}; continue with `pisweep resume {self.plan.study}`"
         if self.log is not None:
             self.log.line(out.message)
@@ -241,6 +246,7 @@ class LocalExecutor:
             if code == 0:
                 outcome = "completed"
                 out.completed += child.kind != "eval"
+                out.evals_jobs += child.kind == "eval"
                 out.evals += len(child.evals) if child.kind == "eval" else 0
             elif code == 3:
                 outcome = "stopped"

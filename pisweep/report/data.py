@@ -185,7 +185,7 @@ def open_evals(data: StudyData) -> int:
 
 # -- cost ------------------------------------------------------------------------------------------------------------
 #: Attempt outcomes that end without saving: the work after their last save is redone by the next attempt.
-#: (A "preempted" attempt saved its state when asked to stop, so nothing of it is redone.)
+#: (A "preempted" or "stopped" attempt saved its state when asked to stop, so nothing of it is redone.)
 UNSAVED_ENDS = ("failed", "timeout", "vanished", "cancelled")
 
 _COST_SQL = f"""
@@ -210,7 +210,7 @@ WITH a AS (
          (ended_at IS NULL AND (superseded OR state != 'running')) AS no_end
   FROM a AS job_uid_outer
 )
-SELECT job_uid, COUNT(*) AS attempts, SUM(outcome = 'preempted') AS preemptions,
+SELECT job_uid, COUNT(*) AS attempts, SUM(outcome IN ('preempted', 'stopped')) AS preemptions,
        SUM(outcome IN ({', '.join(repr(o) for o in UNSAVED_ENDS)}) AND superseded) AS unsaved_restarts,
        SUM(no_end) AS without_end, SUM(wall_s) / 3600.0 AS wall_h, SUM(wall_s * ranks) / 3600.0 AS rank_h,
        SUM(lost_s * ranks) / 3600.0 AS lost_rank_h
