@@ -69,6 +69,16 @@ def release_held(cluster, job_id: str) -> bool:
     return False
 
 
+def reconciled_status(path: Path) -> dict:
+    """What `pisweep status` shows once the ledger has read what SLURM and the jobs reported."""
+    s = session_of(path)
+    try:
+        app.reconcile_slurm(s)
+        return app.status(s).to_json()
+    finally:
+        s.close()
+
+
 def job_row(path: Path, label: str):
     s = session_of(path)
     try:
@@ -106,12 +116,7 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
     jobs = slurm_cluster.wait_until(all_done, 300, "the study's jobs, eval jobs included, to complete")
     assert sum(".init." in n for n in jobs) == 1 and sum(".train." in n for n in jobs) == 2
     # Now pisweep reads what the jobs reported.
-    s = session_of(path)
-    try:
-        app.reconcile_slurm(s)
-        status = app.status(s).to_json()
-    finally:
-        s.close()
+    status = reconciled_status(path)
     assert {c["state"] for c in status["cells"]} == {"completed"}, status["cells"]
     for cell in status["cells"]:
         if cell["kind"] == "train":
@@ -149,12 +154,7 @@ def test_evals_submitted_from_array_elements_complete(slurm_cluster, tmp_path, s
         done = [json.loads(p.read_text()) for p in folder.glob("events/*-eval_state.json")]
         done = [e for e in done if e["data"]["state"] == "done"]
         assert done and all(not str(e["attempt"]["job_id"]).startswith(f"{array}_") for e in done)
-    s = session_of(path)
-    try:
-        app.reconcile_slurm(s)
-        status = app.status(s).to_json()
-    finally:
-        s.close()
+    status = reconciled_status(path)
     for cell in status["cells"]:
         assert cell["state"] == "completed" and cell["evals"].get("done") == 12, cell
 
