@@ -16,9 +16,8 @@ from typing import Any, Callable, Iterator
 from .datapaths import DataPaths, Preflight, preflight, resolve
 from .ledger.db import Ledger
 from .ledger.ingest import ingest, record_study, set_eval_states, set_job_state
-from .ledger.queries import (Snapshot, disk_total, disk_use, eval_counts, eval_state_counts_by_job, eval_tasks_at,
-                             eval_tasks_present, events_seen_counts, get_meta, init_val_2afc, job_folders,
-                             last_main_metric, open_snapshot, set_meta, snapshot, weights_after)
+from .ledger.queries import (Snapshot, eval_tasks_at, eval_tasks_present, events_seen_counts, get_meta, job_folders,
+                             open_snapshot, set_meta, snapshot, weights_after)
 from .plan import Layout, Plan, make_plan
 from .studyref import StudyRef, remember
 from .work import Work, next_work
@@ -54,10 +53,12 @@ def suite_version() -> str:
     return str(SUITE_VERSION)
 
 
-def open_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None, read: bool = False) -> Session:
-    """The study's plan and ledger. ``read``: for the read-only commands; the ledger must exist, and is opened
-    read-only when this process cannot write it (then nothing is ingested: the ledger is shown as it is)."""
-    plan = make_plan(ref.study)
+def open_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None, read: bool = False,
+                 plan: Plan | None = None) -> Session:
+    """The study's plan (``plan`` if made already) and ledger. ``read``: for the read-only commands; the ledger must
+    exist, and is opened read-only when this process cannot write it (then nothing is ingested: the ledger is shown
+    as it is)."""
+    plan = plan or make_plan(ref.study)
     ledger = Ledger.for_reading(ref.ledger_path, on_wait=on_wait) if read else Ledger(ref.ledger_path, on_wait=on_wait)
     return Session(ref, ledger, plan, Layout(Path(ref.study.output_root)), suite_version())
 
@@ -71,10 +72,11 @@ def reconcile(s: Session) -> Work:
     looks at every weights file again); and what is due is read from the evals still open (open_snapshot), not
     from every (run, epoch, task).
     """
-    return _reconcile(s)[0]
+    return reconcile_with_snapshot(s)[0]
 
 
-def _reconcile(s: Session) -> tuple[Work, Snapshot]:
+def reconcile_with_snapshot(s: Session) -> tuple[Work, Snapshot]:
+    """:func:`reconcile`, and the snapshot it decided from (status shows it)."""
     from .executors.local import close_lost_attempts
 
     if s.ledger.readonly:  # a read-only ledger is shown as it is
@@ -155,14 +157,13 @@ def record(s: Session, force: bool = False) -> None:
     remember(s.name, s.ledger.path, s.ref.spec_path)
 
 
-def check_disk(ref: StudyRef) -> None:
+def check_disk(ref: StudyRef, plan: Plan) -> None:
     """Refuse (PreflightError) when the output root has less free space than what is left of the plan will write;
     before anything is written there."""
     from .diskplan import disk_needed, free_bytes
     from .errors import PreflightError
     from .ledger.queries import jobs_of
 
-    plan = make_plan(ref.study)
     done: list[str] = []
     if ref.ledger_path.is_file():
         led = Ledger.for_reading(ref.ledger_path)
@@ -287,137 +288,6 @@ def cancel(s: Session, key: str | None) -> Cancelled:
     if s.ref.study.executor.name == "slurm":
         out.slurm = slurm_executor(s, resolve(s.ref.study, generate=False)).cancel_jobs(snap, uids)
     return out
-
-
-# -- status ---------------------------------------------------------------------------------------------------------
-STATUS_LIMIT = 40  # cells listed one by one; beyond that, a summary per group and the most relevant cells
-_RELEVANCE = {"failed": 0, "blocked": 1, "vanished": 2, "running": 3, "preempted": 4, "stopped": 4, "timeout": 5, "queued": 6,
-              "cancelled": 7, "planned": 8, "completed": 9}
-
-
-@dataclass
-class StatusData:
-    study: str
-    ledger: str
-    tasks_total: int
-    tasks_present: list[str]
-    tasks_missing: dict[str, str]
-    cells: list[dict[str, Any]] = field(default_factory=list)  # the cells shown (all of them up to the limit)
-    summary: dict[str, int] = field(default_factory=dict)  # every cell, by state
-    groups: list[dict[str, Any]] = field(default_factory=list)  # per (kind, init, scale, epochs): states, evals
-    cells_total: int = 0
-    cells_matching: int = 0  # after the state filter
-    state_filter: str | None = None
-    limit: int | None = None
-    evals: dict[str, int] = field(default_factory=dict)  # open/failed/missing_data evals of the study
-    disk_bytes: int = 0
-    controller: dict[str, Any] | None = None  # the live scheduler or submission (pid, host, since, command)
-
-    @property
-    def hidden(self) -> int:
-        return self.cells_matching - len(self.cells)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"study": self.study, "ledger": self.ledger,
-                "coverage": {"present": len(self.tasks_present), "total": self.tasks_total,
-                             "tasks_present": self.tasks_present, "tasks_missing": self.tasks_missing},
-                "summary": self.summary, "cells": self.cells, "groups": self.groups,
-                "cells_total": self.cells_total, "cells_matching": self.cells_matching, "cells_hidden": self.hidden,
-                "filter": {"state": self.state_filter, "limit": self.limit}, "evals": self.evals,
-                "disk_bytes": self.disk_bytes, "controller": self.controller}
-
-
-def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMIT) -> StatusData:
-    """The grid's state: every cell when there are at most ``limit`` (None: no limit) matching ``state``;
-    otherwise counts per group and the ``limit`` most relevant cells (failed, blocked, running first).
-
-    Only the cells shown are looked up one by one (evals, main metric, disk); the rest is counted from the jobs
-    table and the small partial indexes of open and failed evals, so it stays fast at 10 000 runs.
-    """
-    paths = resolve(s.ref.study, generate=False)
-    if s.ref.study.executor.name == "slurm" and not s.ledger.readonly:  # one sacct + one squeue; lost eval
-        # submissions are resubmitted
-        ex = slurm_executor(s, paths)
-        ex.reconcile()
-        _reconcile(s)
-        ex.heal_evals()
-    jobs = _reconcile(s)[1].jobs
-    from .eval.registry import coverage
-
-    present, missing = (coverage(Path(paths.eval_root), list(s.plan.tasks), dict(s.ref.study.eval.folders))
-                        if paths.eval_root else ([], {t: "(no eval_root)" for t in s.plan.tasks}))
-    main_task = s.ref.study.eval.main_task
-    data = StatusData(s.name, str(s.ledger.path), len(s.plan.tasks), list(present),
-                      {k: str(v) for k, v in missing.items()}, state_filter=state, limit=limit)
-    cells = []
-    for kind, job in [("init", i) for i in s.plan.inits] + [("train", r) for r in s.plan.runs]:
-        row = jobs.get(job.uid)
-        cell = {"uid": job.uid, "kind": kind, "label": job.label, "state": row.state if row else "planned",
-                "init": getattr(job, "init", getattr(job, "method", None)), "scale": getattr(job, "scale", None),
-                "seed": job.seed, "epoch": row.epoch_reached if row else 0,
-                "epochs": job.epochs if kind == "train" else s.ref.study.stage1.epochs,
-                "attempts": row.attempts if row else 0, "reason": row.reason if row else None,
-                "log": row.log_path if row else None}
-        if kind == "train":
-            cell["evals_planned"] = len(job.eval_epochs) * len(s.plan.tasks)
-        cells.append(cell)
-        data.summary[cell["state"]] = data.summary.get(cell["state"], 0) + 1
-    data.cells_total = len(cells)
-    matching = [c for c in cells if state is None or c["state"] == state]
-    data.cells_matching = len(matching)
-    shown = matching if limit is None or len(matching) <= limit else sorted(
-        matching, key=lambda c: (_RELEVANCE.get(c["state"], 5), c["kind"] != "init", c["label"]))[:limit]
-    uids = [c["uid"] for c in shown]
-    last = last_main_metric(s.ledger, s.name, main_task, uids)
-    init_2afc = init_val_2afc(s.ledger, [c["uid"] for c in shown if c["kind"] == "init"])
-    counts = eval_counts(s.ledger, s.name, s.suite_version, uids)
-    disk = disk_use(s.ledger, s.name, uids)
-    from .executors.controller import live_controller
-    from .executors.local_control import live_jobs
-
-    data.controller = live_controller(s.layout.root)
-    live = {}
-    for row, role, note in live_jobs([jobs[c["uid"]] for c in shown if c["uid"] in jobs]):
-        live.setdefault(row.uid, {})[role] = note.get("pid")
-    for cell in shown:
-        cell["disk_bytes"] = disk.get(cell["uid"], 0)
-        cell["live"] = live.get(cell["uid"])  # {"job": pid, "eval": pid} of its live local processes
-        if cell["kind"] == "train":
-            epoch_value = last.get(cell["uid"])
-            cell["main_metric"] = ({"task": main_task, "epoch": epoch_value[0], "value": epoch_value[1]}
-                                   if epoch_value else None)
-            cell["evals"] = counts.get(cell["uid"], {})
-        elif cell["kind"] == "init":
-            epoch_value = init_2afc.get(cell["uid"])
-            cell["main_metric"] = ({"task": "nights", "metric": "val_2afc", "epoch": epoch_value[0],
-                                    "value": epoch_value[1]} if epoch_value else None)
-    data.cells = shown
-    open_counts = eval_state_counts_by_job(s.ledger, s.name, s.suite_version)
-    data.groups = _status_groups(cells, open_counts)
-    for per in open_counts.values():
-        for k, n in per.items():
-            data.evals[k] = data.evals.get(k, 0) + n
-    data.disk_bytes = disk_total(s.ledger, s.name)
-    return data
-
-
-def _status_groups(cells: list[dict[str, Any]], open_counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
-    """Cells counted per (kind, init, scale, epochs): states, range of epochs reached, open and failed evals."""
-    groups: dict[tuple, dict[str, Any]] = {}
-    for c in cells:
-        key = (c["kind"], c["init"], c["scale"] or "", c["epochs"])
-        g = groups.setdefault(key, {"kind": c["kind"], "init": c["init"], "scale": c["scale"], "epochs": c["epochs"],
-                                    "cells": 0, "states": {}, "epoch_min": None, "epoch_max": None,
-                                    "evals": {}})
-        g["cells"] += 1
-        g["states"][c["state"]] = g["states"].get(c["state"], 0) + 1
-        g["epoch_min"] = c["epoch"] if g["epoch_min"] is None else min(g["epoch_min"], c["epoch"])
-        g["epoch_max"] = c["epoch"] if g["epoch_max"] is None else max(g["epoch_max"], c["epoch"])
-        for k, n in open_counts.get(c["uid"], {}).items():
-            g["evals"][k] = g["evals"].get(k, 0) + n
-    arms = ("random", "perceptual", "shuffled")
-    return [groups[k] for k in sorted(groups, key=lambda k: (k[0] != "init", str(k[2]), k[3] or 0,
-                                                             arms.index(k[1]) if k[1] in arms else 9, str(k[1])))]
 
 
 def find_job(s: Session, key: str) -> dict[str, Any] | None:

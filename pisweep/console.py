@@ -14,6 +14,28 @@ STATE_STYLE = {"completed": "green", "running": "cyan", "queued": "blue", "plann
                "vanished": "red"}
 
 
+def _console(stderr: bool = False) -> Console:
+    """A console; when the output is not a terminal (a pipe, a log, CI), tables get room instead of 80 columns."""
+    c = Console(stderr=stderr)
+    return c if c.is_terminal else Console(stderr=stderr, width=160)
+
+
+out = _console()
+err = _console(stderr=True)
+
+
+def waiting(what: str) -> None:
+    err.print(f"[yellow]waiting for the ledger lock held by {what}[/]")
+
+
+def say_err(text: str) -> None:
+    """One line to stderr if it is still open (after SIGHUP a write raises EIO)."""
+    try:
+        err.print(text, style="yellow", highlight=False, markup=False)
+    except (OSError, ValueError):
+        pass
+
+
 def fmt_metric(v: float | None) -> str:
     return "—" if v is None else f"{v:.4f}"
 

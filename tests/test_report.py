@@ -30,6 +30,7 @@ from pisweep.report.build import build_report
 from pisweep.report.export import to_json, to_markdown
 from pisweep.report.html import to_html
 from pisweep.report.render_terminal import report_renderables
+from pisweep.status import status
 from pisweep.report.seedboot import intervals_from_metrics
 from pisweep.studyref import resolve
 from pisweep.work import next_work
@@ -397,9 +398,9 @@ def test_status_summarizes_many_cells_and_lists_the_relevant_ones(tmp_path):
     s = make_study(tmp_path, seeds=(0, 1, 2), reached={"random-tiny-e6-s2": 2, "perceptual-tiny-e6-s0": 0},
                    failed=("random-tiny-e6-s2",))
     try:
-        small = app.status(s, limit=None)
-        data = app.status(s, limit=3).to_json()
-        only = app.status(s, state="failed", limit=3).to_json()
+        small = status(s, limit=None)
+        data = status(s, limit=3).to_json()
+        only = status(s, state="failed", limit=3).to_json()
     finally:
         s.close()
     assert len(small.cells) == 9 and small.hidden == 0  # 3 inits (no events: planned) + 6 runs

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from ..atomic import remove_stale_temps
 from ..datapaths import DataPaths
 from ..events import write_event
-from ..job.liveness import ENV_CONTROLLER_PID, holder, job_lock_path, try_hold
+from ..job.liveness import ENV_CONTROLLER_PID, holder, job_lock_path, take_cancel_marker, try_hold
 from ..jobs import JobFile
 from ..ledger.db import Ledger
 from ..ledger.ingest import ingest, set_eval_states, set_job_state
@@ -156,8 +156,8 @@ class LocalExecutor:
         self._reap(out)
         ingest(self.ledger, self.plan.study)
         out.interrupted, out.stop_reason, out.exit_code = True, reason, code
-        saved = out.completed + out.evals_jobs + out.stopped - before[0]
-        failed = out.failed - before[1] - killed
+        saved = out.completed + out.evals_jobs + out.stopped - before[0] - killed  # stopped counts the killed too
+        failed = out.failed - before[1]
         what = (f"asked {asked} job{'s' * (asked != 1)} to save and stop"
                 + (f"; {saved} saved" if asked else "")
                 + (f"; {killed} did not within {self.grace_s:.0f}s and were killed" if killed else "")
@@ -252,26 +252,33 @@ class LocalExecutor:
                 outcome = "stopped"
                 out.stopped += 1
             else:
-                outcome = "failed"
-                out.failed += 1
-                self._record_crash(child, code)
+                outcome = self._record_crash(child, code)
+                out.failed += outcome == "failed"
+                out.stopped += outcome != "failed"
             self._say("finished", child.kind, child.label, outcome, None if code == 0 else f"see {child.log}")
 
-    def _record_crash(self, child: Child, code: int) -> None:
-        """A child that died without reporting (killed, out of memory) gets its end recorded for it."""
-        if child.kind == "eval":
-            return
+    def _record_crash(self, child: Child, code: int) -> str:
+        """A child that died without reporting (killed, out of memory) gets its end recorded for it; returns the
+        outcome: ``failed``, or ``vanished`` (killed by our own escalation) or ``cancelled`` (a `pisweep cancel`
+        whose signal came before the job could take it: its cancel marker is there), neither the job's failure."""
+        escalated = self.stopping and code == -signal.SIGKILL  # our own escalation: not the job's failure
+        if child.kind == "eval":  # an eval job records no attempt; its evals stay queued for the next scheduler
+            return "vanished" if escalated else "failed"
         ended = any(p.name.endswith("attempt_ended.json") and f"-{child.proc.pid}-" in p.name
                     for p in (child.folder / "events").glob("*.json"))
-        if not ended:
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            if self.stopping and code == -signal.SIGKILL:  # our own escalation: not the job's failure
-                outcome, reason = "vanished", (f"did not save within {self.grace_s:.0f}s of the stop request and was "
-                                              f"killed; it resumes from its last saved state")
-            else:
-                outcome, reason = "failed", f"process {how} without reporting; see {child.log}"
-            write_event(child.folder, child.uid, "attempt_ended", {"job_id": child.job_id, "restart": 0},
-                        outcome=outcome, reason=reason)
+        if ended:
+            return "failed"
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if escalated:
+            outcome, reason = "vanished", (f"did not save within {self.grace_s:.0f}s of the stop request and was "
+                                          f"killed; it resumes from its last saved state")
+        elif code < 0 and take_cancel_marker(child.folder):
+            outcome, reason = "cancelled", f"cancelled by `pisweep cancel` before it had started ({how})"
+        else:
+            outcome, reason = "failed", f"process {how} without reporting; see {child.log}"
+        write_event(child.folder, child.uid, "attempt_ended", {"job_id": child.job_id, "restart": 0},
+                    outcome=outcome, reason=reason)
+        return outcome
 
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> int:
         """Ask every child to save and stop, wait for them, then kill what is left; return how many were killed."""

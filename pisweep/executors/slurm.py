@@ -308,7 +308,7 @@ def submit_eval_from_job(job: JobFile, epoch: int, spec: dict[str, Any]) -> str:
     return str(submitted.job_id)
 
 
-#: What identifies the job that runs now (its attempt, its launcher, its threads, test hooks): never inherited by a
-#: job it submits. (SLURM_*, SRUN_*, SBATCH_*, SUBMITIT_* and torchrun's rank variables go too: clean_env.)
+#: What identifies the job that runs now (its attempt, its launcher, its threads): never inherited by a job it
+#: submits. (SLURM_*, SRUN_*, SBATCH_*, SUBMITIT_* and torchrun's rank variables go too: clean_env.)
 IN_JOB_ENV = ("PISWEEP_JOB_ID", "PISWEEP_RESTART", "PISWEEP_LAUNCH_DIR", "PISWEEP_SLURM_TASK",
-              "PISWEEP_CONTROLLER_PID", "PISWEEP_THREADS", "PISWEEP_TEST_PAUSE_AT")
+              "PISWEEP_CONTROLLER_PID", "PISWEEP_THREADS")

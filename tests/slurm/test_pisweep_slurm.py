@@ -14,6 +14,7 @@ import yaml
 from pisweep import app
 from pisweep.cli import main
 from pisweep.ledger.queries import attempts_of, snapshot
+from pisweep.status import status
 from pisweep.studyref import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +75,7 @@ def reconciled_status(path: Path) -> dict:
     s = session_of(path)
     try:
         app.reconcile_slurm(s)
-        return app.status(s).to_json()
+        return status(s).to_json()
     finally:
         s.close()
 
