@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from pisweep.job.audit import read_audit
+
 ROOT = Path(__file__).resolve().parent.parent
 NATURAL_KEYS = {"attempts": "job_uid, job_id, restart", "checkpoints": "job_uid, epoch, kind",
                 "evals": "job_uid, epoch, task, suite_version", "metrics": "job_uid, epoch, task, metric, suite_version",
@@ -153,12 +155,7 @@ def evidence(root: Path) -> Counter:
             f"SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM {table} GROUP BY {key})").fetchone()[0]
     con.close()
     for folder in [p for kind in ("runs", "inits") for p in (root / kind).glob("*") if p.is_dir()]:
-        lines = []
-        for text in (folder / "audit.log").read_text().splitlines() if (folder / "audit.log").exists() else []:
-            try:
-                lines.append(json.loads(text))
-            except ValueError:
-                continue
+        lines = list(read_audit(folder))
         epochs = Counter(ln["epoch"] for ln in lines if ln["event"] == "epoch_done")
         found["duplicate_epochs"] += sum(n - 1 for n in epochs.values())
         last_sha: dict[str, str] = {}
@@ -192,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     env_home = work / "home"
     os.environ["PISWEEP_HOME"] = str(env_home)
     os.environ.setdefault("WANDB_MODE", "offline")
-    from pisweep.datapaths import resolve
-    from pisweep.spec_load import load_study
+    from pisweep.study.datapaths import resolve
+    from pisweep.study.load import load_study
 
     resolve(load_study(study_file(work, data_root, 0)[0]), generate=True)  # the shared data, made once, unkilled
     totals: Counter = Counter()

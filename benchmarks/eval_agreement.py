@@ -265,10 +265,10 @@ def run_pisweep(checkpoint: Path, sets: Sequence[EvalSet], eval_root: Path, out_
     With ``warm_up``, the same Evaluator first evaluates that checkpoint, as in a run's earlier epoch: the
     compared evaluation then reads the image cache and the remembered tokens, as a warm evaluator does.
     """
-    from pisweep.eval import runner
+    from pisweep.eval import evaluator
     from pisweep.models import TINY_CONFIG
 
-    ev = runner.Evaluator(MODEL, TINY_CONFIG, Path(eval_root), batch_size=batch_size, cache_dir=cache_dir,
+    ev = evaluator.Evaluator(MODEL, TINY_CONFIG, Path(eval_root), batch_size=batch_size, cache_dir=cache_dir,
                           device="cpu", amp=False)
     if warm_up is not None:
         ev.evaluate(Path(warm_up), [s.key for s in sets], Path(out_dir) / "warm-up")
@@ -277,7 +277,7 @@ def run_pisweep(checkpoint: Path, sets: Sequence[EvalSet], eval_root: Path, out_
     for s, r in zip(sets, results):
         if r.status != "done":
             raise RuntimeError(f"pisweep: task {r.task} {r.status}: {r.reason}")
-        out[s.cb_name] = (r.metrics, runner.read_per_example(Path(r.per_example_path)))
+        out[s.cb_name] = (r.metrics, evaluator.read_per_example(Path(r.per_example_path)))
     return out
 
 

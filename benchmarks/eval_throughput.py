@@ -3,7 +3,7 @@
 The same checkpoints (five "epochs" of one run), the same synthetic task folders (``pisweep.data.synth``, sizes
 printed), the same batch size, fp32 without autocast, on the CPU, the same number of data-loader workers.
 
-- pisweep: one process, one :class:`pisweep.eval.runner.Evaluator` (model built once, only the weights change),
+- pisweep: one process, one :class:`pisweep.eval.evaluator.Evaluator` (model built once, only the weights change),
   image cache on (cold at the start: epoch 1 builds it, epochs 2-5 read preprocessed pixels).
 - CLIP_benchmark 1.6.2 (in ``.venv-peer``, see ``peer_env.sh``): its CLI as users run it. ``--peer-mode one-call``
   (default, its best normal usage): one ``clip_benchmark eval --dataset <all> --pretrained <all five>`` process,
@@ -135,11 +135,11 @@ def pisweep_side(argv: Sequence[str]) -> int:
     sys.path.insert(0, str(ROOT))
     import torch  # noqa: F401  (counted in start-up, as on the peer's side)
 
-    from pisweep.eval import runner
+    from pisweep.eval import evaluator
     from pisweep.models import TINY_CONFIG
 
     t_imported = time.time()
-    ev = runner.Evaluator(args.model, TINY_CONFIG if args.model == TINY else None, args.eval_root,
+    ev = evaluator.Evaluator(args.model, TINY_CONFIG if args.model == TINY else None, args.eval_root,
                           batch_size=args.batch_size, cache_dir=args.cache, device="cpu", amp=False,
                           num_workers=args.workers)
     build = time.time() - t_imported

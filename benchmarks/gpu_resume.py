@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from pisweep.data.synth import synthesize
     from pisweep.data.synth_config import SynthConfig
-    from pisweep.jobctx import JobContext, Preempted, StopAfter
+    from pisweep.job.context import JobContext, Preempted
     from pisweep.models import TINY_CONFIG
-    from pisweep.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
+    from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
+    from pisweep.testing import StopAfter
     from pisweep.train import stage2
 
     if opts.device == "cuda" and not torch.cuda.is_available():

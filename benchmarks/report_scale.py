@@ -32,10 +32,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pisweep import app  # noqa: E402
+from pisweep.commands import session as app  # noqa: E402
+from pisweep.commands.studyref import resolve  # noqa: E402
 from pisweep.eval import registry  # noqa: E402
 from pisweep.ledger import migrations  # noqa: E402
-from pisweep.studyref import resolve  # noqa: E402
 
 NAME = "scale-bench"
 SCALES, SEEDS, EPOCHS = 20, 250, 32  # x 2 arms = 10 000 runs

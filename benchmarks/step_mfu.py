@@ -87,7 +87,7 @@ def measure(name: str, batch: int, steps: int, warmup: int, precision: str) -> d
     from open_clip.loss import ClipLoss
 
     from pisweep.models import create_model
-    from pisweep.spec import OptimSpec
+    from pisweep.study.spec import OptimSpec
     from pisweep.train.optim import build_adamw
     from pisweep.train.runtime import setup_device
     from pisweep.train.stage2 import contrastive_step

@@ -20,7 +20,7 @@ The peer is open_clip_train 3.x as shipped in open_clip_torch (``python -m open_
 parser, data pipeline and loop), run in pisweep's venv (it needs pandas, which is there). webdataset 1.0.2 breaks
 its loader at the end of each shard (KeyError 'fname', open_clip#935): the peer process applies the known fix,
 ``tar_file_expander(eof_value=None)``, before calling its ``main``; nothing else is changed. pisweep's side runs
-``pisweep.jobs.run_job_file`` on a stage-2 job file, the entry point every executor uses.
+``pisweep.runner.run.run_job_file`` on a stage-2 job file, the entry point every executor uses.
 
 Usage (from the project root)::
 
@@ -148,7 +148,7 @@ def child_pisweep(opts: argparse.Namespace) -> dict[str, Any]:
     rec = Recorder(opts.warmup, opts.steps)
     install_hooks(rec)
     torch.set_num_threads(opts.threads)
-    from pisweep.jobs import run_job_file
+    from pisweep.runner.run import run_job_file
     from pisweep.train import stage2
 
     stage2._Stage2._flush = timed(rec, "logging", stage2._Stage2._flush)
@@ -207,8 +207,8 @@ def model_setup(opts: argparse.Namespace, work: Path) -> tuple[str, dict | None,
 
 
 def pisweep_job(opts, work: Path, shards, name: str, config: dict | None, samples: int) -> Path:
-    from pisweep.jobs import JobFile
-    from pisweep.spec import (DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec)
+    from pisweep.job.contract import JobFile
+    from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
 
     study = Study(name="bench", output_root=str(work / "pisweep-out"),
                   data=DataSpec(train={"bench": ScaleData(shards=shards.pattern, samples=samples)}),
@@ -295,9 +295,9 @@ def gpu_flops(opts, name: str, config: dict | None) -> dict[str, Any] | None:
 
     if not torch.cuda.is_available():
         return None
+    import step_mfu
     from open_clip.loss import ClipLoss
 
-    import step_mfu
     from pisweep.models import create_model
 
     model, _, _, tokenizer = create_model(name, config, device="cpu")

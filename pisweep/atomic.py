@@ -10,8 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from .errors import DiskFullError
-
+from pisweep.errors import DiskFullError
 
 TEMP_SUFFIX = ".tmp"  # temp files are ".<final name>.<random>.tmp" beside their final name
 

@@ -15,8 +15,8 @@ from typing import Any
 import open_clip
 import torch
 
-from .atomic import atomic_open, atomic_write_bytes
-from .errors import EvalError
+from pisweep.atomic import atomic_open, atomic_write_bytes
+from pisweep.errors import EvalError
 
 # The tiny CPU model of the tests and the demo (shared/reference/python-stack.md: ~3.4 M params, ~60 ms/step).
 TINY_CONFIG: dict[str, Any] = {

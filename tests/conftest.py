@@ -28,8 +28,9 @@ def recorded(tmp_path):
     Returns (study, plan, layout, ledger); ledgers are closed after the test."""
     from pisweep.ledger.db import Ledger
     from pisweep.ledger.ingest import record_study
-    from pisweep.plan import Layout, make_plan
-    from pisweep.spec_load import load_study
+    from pisweep.study.layout import Layout
+    from pisweep.study.load import load_study
+    from pisweep.study.plan import make_plan
 
     opened = []
 

@@ -14,20 +14,23 @@ import pytest
 import torch
 import yaml
 
-from pisweep import plan as plan_module
-from pisweep.cli import main
+from pisweep.cli.main import main
 from pisweep.errors import DiskFullError, SpecError, TrainingError
-from pisweep.events import read_events
 from pisweep.executors.profile import load_profile
-from pisweep.executors.slurm import _executor, executor_params
-from pisweep.jobs import JobFile, run_job_file
+from pisweep.executors.slurm import executor_params
+from pisweep.job.contract import JobFile
+from pisweep.job.events import read_events
 from pisweep.ledger.db import Ledger
 from pisweep.ledger.ingest import ingest, record_study
 from pisweep.ledger.queries import snapshot
-from pisweep.plan import Layout, check_grid_size, grid_size, make_plan
-from pisweep.spec_load import load_study
+from pisweep.runner.run import run_job_file
+from pisweep.runner.slurm import make_executor
+from pisweep.study import plan as plan_module
+from pisweep.study.layout import Layout
+from pisweep.study.load import load_study
+from pisweep.study.plan import check_grid_size, grid_size, make_plan
+from pisweep.study.work import next_work
 from pisweep.train.checkpoint import load_resume, save_weights
-from pisweep.work import next_work
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = textwrap.dedent("""\
@@ -106,7 +109,7 @@ def test_the_batch_script_of_hostile_strings_is_comments_exports_and_one_srun(tm
     for kind in ("init", "train", "eval"):
         params = executor_params(study, profile, kind, f"pisweep.bad.{kind}.x", Path(study.output_root) / "code")
         folder = Path(study.output_root) / "slurm" / kind
-        text = _executor(folder, params)._make_submission_file_text(
+        text = make_executor(folder, params)._make_submission_file_text(
             f"{sys.executable} -u -m submitit.core._submit {folder}", "uid")
         lines = [ln for ln in text.splitlines() if ln.strip()]
         srun = [ln for ln in lines if ln.startswith("srun ")]
@@ -257,7 +260,7 @@ def read_only(tmp_path):
 
 
 def test_status_and_report_work_on_a_read_only_ledger(tmp_path, read_only, recorded, capsys):
-    from pisweep.events import write_event
+    from pisweep.job.events import write_event
 
     root = tmp_path / "study"
     root.mkdir()

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from pisweep.cli import main
+from pisweep.cli.main import main
 from pisweep.executors.controller import live_controller
 from pisweep.job.liveness import holder, job_lock_path
 from pisweep.ledger import schema as t

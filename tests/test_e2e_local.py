@@ -10,7 +10,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from pisweep.cli import main
+from pisweep.cli.main import main
 from pisweep.ledger import schema as t
 from pisweep.ledger.db import Ledger
 

@@ -101,9 +101,9 @@ def test_logits_and_scores_are_bit_identical(agreement):
 def test_comparison_detects_a_changed_prediction(agreement):
     """The check can fail: one flipped top-1 hit or one changed metric is reported."""
     rows, work = agreement
-    from pisweep.eval import runner
+    from pisweep.eval import evaluator
     s = next(s for s in EA.eval_sets(True) if s.cb_name == "vtab/pets")
-    per = runner.read_per_example(work / "ours" / "vtab-pets.npz")
+    per = evaluator.read_per_example(work / "ours" / "vtab-pets.npz")
     import json
     ours_metrics = json.loads((work / "ours" / "vtab-pets.json").read_text())["metrics"]
     theirs_metrics = json.loads((work / "cb" / "vtab_pets__epoch_1.pt.json").read_text())["metrics"]

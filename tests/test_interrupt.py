@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pisweep.cli import main
+from pisweep.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The node launcher (pisweep.launch): rendezvous settings from SLURM, signal ownership, ranks under
+"""The node launcher (runner/launch.py): rendezvous settings from SLURM, signal ownership, ranks under
 torch.distributed.elastic with gloo, failures recorded; and the helpers of a rank that must outlive stop signals."""
 from __future__ import annotations
 
@@ -13,13 +13,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from pisweep.events import read_events
-from pisweep.jobs import JobFile
-from pisweep.launch import (LaunchResult, LaunchSpec, _result, catches, port_for_job, rank_pids,
-                            record_unreported_failure, slurm_spec)
+from pisweep.job.contract import JobFile
+from pisweep.job.events import read_events
+from pisweep.runner.launch import (
+    LaunchResult,
+    LaunchSpec,
+    _result,
+    catches,
+    port_for_job,
+    rank_pids,
+    record_unreported_failure,
+    slurm_spec,
+)
 from pisweep.train.loader import make_loader
 
-from test_train_resume import make_shards, study
+from helpers import make_shards, pause_env, study
 
 LIMIT_S = 150
 
@@ -32,7 +40,7 @@ def test_port_is_derived_from_the_job_id_below_the_ephemeral_range():
 
 
 def test_slurm_spec_makes_one_launcher_per_task_with_the_rendezvous_on_the_first_host(monkeypatch):
-    monkeypatch.setattr("pisweep.launch.first_host", lambda nodelist: {"gpu[07-08]": "gpu07"}[nodelist])
+    monkeypatch.setattr("pisweep.runner.launch.first_host", lambda nodelist: {"gpu[07-08]": "gpu07"}[nodelist])
     env = {"SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "2", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
            "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_CPUS_PER_TASK": "32"}
     spec = slurm_spec(4, env)
@@ -127,7 +135,7 @@ def write_job(tmp: Path, epochs: int = 1, workers: int = 1, shards: str | None =
 
 
 def launcher(job: Path, env: dict[str, str] | None = None, nproc: int = 2) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pisweep.launch", "--nproc-per-node", str(nproc), str(job)],
+    return subprocess.Popen([sys.executable, "-m", "pisweep.runner.launch", "--nproc-per-node", str(nproc), str(job)],
                             env={**os.environ, "PISWEEP_THREADS": "2", "PISWEEP_JOB_ID": "t", **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -190,7 +198,7 @@ def test_a_stop_signal_before_the_ranks_catch_it_is_forwarded_once_they_do(tmp_p
 @pytest.mark.timeout(300)
 def test_a_killed_rank_fails_the_attempt_with_its_signal_named(tmp_path):
     job = write_job(tmp_path, epochs=2)
-    proc = launcher(job, {"PISWEEP_TEST_PAUSE_AT": "2"})
+    proc = launcher(job, pause_env(2))
     marker = tmp_path / "run" / "paused-2"
     deadline = time.monotonic() + LIMIT_S
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -218,10 +226,10 @@ def test_a_job_failure_on_every_rank_is_recorded_by_rank_0(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_a_state_saved_by_one_rank_resumes_on_two_in_the_same_sample_order(tmp_path):
-    from pisweep.jobctx import Preempted
-    from pisweep.spec_load import study_from_json
+    from pisweep.job.context import Preempted
+    from pisweep.study.load import study_from_json
+    from pisweep.testing import StopAfter
     from pisweep.train.stage2 import run_stage2
-    from pisweep.jobctx import StopAfter
 
     job = JobFile.read(write_job(tmp_path, epochs=2))
     ctx = StopAfter(uid=job.uid, folder=Path(job.folder), stop_at=3)
@@ -246,7 +254,7 @@ def test_a_global_batch_that_ranks_cannot_share_is_refused_clearly():
 
 @pytest.mark.timeout(300)
 def test_local_executor_runs_gpus_per_node_ranks_through_the_launcher(tmp_path, monkeypatch):
-    from pisweep.jobs import local_ranks
+    from pisweep.runner.entry import local_ranks
 
     job = JobFile.read(write_job(tmp_path))
     assert local_ranks(job) == 1
@@ -257,8 +265,8 @@ def test_local_executor_runs_gpus_per_node_ranks_through_the_launcher(tmp_path, 
     monkeypatch.setenv("PISWEEP_EXECUTOR", "slurm")  # SLURM jobs launch from their task, not from here
     assert local_ranks(two) == 1
     monkeypatch.setenv("PISWEEP_EXECUTOR", "local")
-    # what the local executor runs: python -m pisweep.jobs JOB.json
-    done = subprocess.run([sys.executable, "-m", "pisweep.jobs", str(two.write(tmp_path / "two.json"))],
+    # what the local executor runs: python -m pisweep.runner JOB.json
+    done = subprocess.run([sys.executable, "-m", "pisweep.runner", str(two.write(tmp_path / "two.json"))],
                           capture_output=True, text=True, timeout=240,
                           env={**os.environ, "PISWEEP_THREADS": "2", "PISWEEP_JOB_ID": "local-1"})
     assert done.returncode == 0, done.stdout[-4000:]
@@ -268,7 +276,7 @@ def test_local_executor_runs_gpus_per_node_ranks_through_the_launcher(tmp_path, 
 
 # -- SLURM side: what a task decides before launching ------------------------------------------------------------
 def test_ranks_per_node_come_from_slurms_gpu_count_then_the_study(monkeypatch):
-    from pisweep.executors.slurm_job import ranks_per_node
+    from pisweep.runner.slurm import ranks_per_node
 
     job = JobFile("train", "u", "f", {"executor": {"train": {"gpus_per_node": 8}}}, {})
     for key in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE"):
@@ -285,7 +293,7 @@ def test_ranks_act_for_their_slurm_task(tmp_path, monkeypatch):
     import dataclasses
 
     from pisweep.atomic import atomic_write_json
-    from pisweep.executors.slurm_job import SlurmTask, rank_callbacks
+    from pisweep.runner.slurm import SlurmTask, rank_callbacks
 
     task = SlurmTask("job.json", 1, 2, 90, {"epochs": [1], "tasks": ["imagenet1k"]}, started=1234.5)
     atomic_write_json(tmp_path / "task.json", dataclasses.asdict(task))

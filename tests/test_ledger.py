@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import select, text
 
 from pisweep.errors import LedgerError
-from pisweep.events import write_event
+from pisweep.job.events import write_event
 from pisweep.ledger import schema as t
 from pisweep.ledger.db import Ledger
 from pisweep.ledger.ingest import ingest, record_study
 from pisweep.ledger.migrations import LATEST
-from pisweep.plan import make_plan
+from pisweep.study.plan import make_plan
 
 SPEC = textwrap.dedent("""\
     name: led

@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from pisweep.atomic import remove_stale_temps
 from pisweep.errors import LedgerError, StudyBusy, TrainingError
-from pisweep.events import write_event
 from pisweep.executors.controller import hold_controller, live_controller
 from pisweep.executors.local import close_lost_attempts
 from pisweep.executors.stopping import stdout_closed
+from pisweep.job.events import write_event
 from pisweep.job.liveness import holder, job_lock_path, try_hold
 from pisweep.ledger import schema as t
 from pisweep.ledger.db import Ledger

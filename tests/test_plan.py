@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pisweep.plan import make_plan
-from pisweep.spec_load import load_study
+from pisweep.study.load import load_study
+from pisweep.study.plan import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def uids(plan):
 
 
 def test_uids_stable_across_processes():
-    code = ("import json,sys; from pisweep.plan import make_plan; from pisweep.spec_load import load_study;"
+    code = ("import json,sys; from pisweep.study.plan import make_plan; from pisweep.study.load import load_study;"
             "p=make_plan(load_study(sys.argv[1])); print(json.dumps([i.uid for i in p.inits]+[r.uid for r in p.runs]))")
     outs = {subprocess.run([sys.executable, "-c", code, str(ROOT / "experiments/main.yaml")], capture_output=True,
                            text=True, check=True, env={"PYTHONHASHSEED": str(seed), "PATH": "/usr/bin"}).stdout
@@ -82,7 +82,7 @@ def test_suite_keys_match_paper_protocol():
 
 
 def test_eval_epochs_every_n_and_last(tmp_path):
-    from pisweep.plan import eval_epochs
+    from pisweep.study.plan import eval_epochs
 
     assert eval_epochs(32, 5) == (5, 10, 15, 20, 25, 30, 32)
     assert eval_epochs(3, 1) == (1, 2, 3)

@@ -20,14 +20,14 @@ import pytest
 import torch
 import yaml
 
-from pisweep import app
-from pisweep.jobs import JobFile
-from pisweep.launch import rank_pids
+from pisweep.commands import session as app
+from pisweep.commands.studyref import resolve
+from pisweep.job.contract import JobFile
 from pisweep.ledger.queries import attempts_of
 from pisweep.models import TINY_CONFIG
-from pisweep.studyref import resolve
+from pisweep.runner.launch import rank_pids
 
-from test_train_resume import make_shards
+from helpers import make_shards, pause_env
 
 SHARDS, BATCH, EPOCHS = [32, 32, 32], 8, 2
 STEPS = sum(SHARDS) // BATCH * EPOCHS  # 24: 12 per epoch
@@ -59,7 +59,7 @@ def write_study(tmp: Path, pattern: str) -> Path:
 
 
 def descendants(pid: int) -> list[int]:
-    from pisweep.launch import _children
+    from pisweep.runner.launch import _children
 
     out, todo = [], [pid]
     while todo:
@@ -70,7 +70,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def start(job: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pisweep.launch", "--nproc-per-node", "2", str(job)],
+    return subprocess.Popen([sys.executable, "-m", "pisweep.runner.launch", "--nproc-per-node", "2", str(job)],
                             env={**os.environ, "PISWEEP_THREADS": "1", "WANDB_MODE": "disabled", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -118,12 +118,11 @@ def test_three_real_preemptions_under_the_launcher_end_bitwise_identical(tmp_pat
         steps = stop_steps()
 
         for attempt, (step, sig) in enumerate(zip(steps, SIGNALS)):
-            proc = start(job, {"PISWEEP_JOB_ID": "acc", "PISWEEP_RESTART": str(attempt),
-                               "PISWEEP_TEST_PAUSE_AT": str(step)})
+            proc = start(job, {"PISWEEP_JOB_ID": f"acc-{attempt}", **pause_env(step)})
             wait_for(folder / f"paused-{step}", proc)
             if sig == signal.SIGTERM:  # as SLURM does: every process of the job, loader workers included
-                helpers = [p for p in descendants(proc.pid) if p not in rank_pids(proc.pid)]
-                assert len(helpers) >= 2, "each rank has a loader worker"
+                workers = [p for p in descendants(proc.pid) if p not in rank_pids(proc.pid)]
+                assert len(workers) >= 2, "each rank has a loader worker"
                 for pid in [proc.pid, *descendants(proc.pid)]:
                     os.kill(pid, sig)
             else:
@@ -131,7 +130,7 @@ def test_three_real_preemptions_under_the_launcher_end_bitwise_identical(tmp_pat
             code, out = finish(proc)
             assert code == 3, out[-4000:]
             assert f"stop signal {sig.name} was forwarded to ranks" in out
-        code, out = finish(start(job, {"PISWEEP_JOB_ID": "acc", "PISWEEP_RESTART": "3"}))
+        code, out = finish(start(job, {"PISWEEP_JOB_ID": "acc-3"}))
         assert code == 0, out[-4000:]
 
         ref_job = JobFile("train", run.uid, str(tmp_path / "reference"), ref.study_json, params)
@@ -147,8 +146,8 @@ def test_three_real_preemptions_under_the_launcher_end_bitwise_identical(tmp_pat
         attempts = attempts_of(s.ledger, run.uid)
         # outside SLURM, SIGUSR2 is a preemption and SIGTERM/SIGINT a stop; each saved its state
         assert [(a["job_id"], a["restart"], a["outcome"], a["step"]) for a in attempts] == [
-            ("acc", i, "preempted" if sig == signal.SIGUSR2 else "stopped", step)
-            for i, (step, sig) in enumerate(zip(steps, SIGNALS))] + [("acc", 3, "completed", STEPS)]
+            (f"acc-{i}", 0, "preempted" if sig == signal.SIGUSR2 else "stopped", step)
+            for i, (step, sig) in enumerate(zip(steps, SIGNALS))] + [("acc-3", 0, "completed", STEPS)]
         assert [a["world_size"] for a in attempts] == [2] * 4
         for a, sig in zip(attempts, SIGNALS):
             assert sig.name in a["reason"]

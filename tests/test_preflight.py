@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from pisweep.cli import main
-from pisweep.datapaths import expand_braces, preflight, resolve
+from pisweep.cli.main import main
 from pisweep.errors import PreflightError
-from pisweep.spec_load import load_study
+from pisweep.study.datapaths import expand_braces, preflight, resolve
+from pisweep.study.load import load_study
 
 
 def make_shards(folder, n, per):

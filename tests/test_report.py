@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from pisweep import app
-from pisweep.cli import main
+from pisweep.cli.main import main
+from pisweep.commands import session as app
+from pisweep.commands.status import status
+from pisweep.commands.studyref import resolve
 from pisweep.eval import registry
+from pisweep.eval.evaluator import write_npz
 from pisweep.eval.metrics import aggregate_classification, aggregate_retrieval
-from pisweep.eval.runner import write_npz
-from pisweep.events import write_event
+from pisweep.job.events import write_event
 from pisweep.ledger import schema as t
 from pisweep.ledger.ingest import apply_event, ingest
 from pisweep.ledger.queries import snapshot
@@ -30,10 +32,8 @@ from pisweep.report.build import build_report
 from pisweep.report.export import to_json, to_markdown
 from pisweep.report.html import to_html
 from pisweep.report.render_terminal import report_renderables
-from pisweep.status import status
 from pisweep.report.seedboot import intervals_from_metrics
-from pisweep.studyref import resolve
-from pisweep.work import next_work
+from pisweep.study.work import next_work
 
 TASKS = ["imagenet1k", "vtab/pets", "cifar10", "retrieval/flickr_1k_test_image_text_retrieval"]
 ONSET = 4  # perceptual is better from this epoch on (identical outcomes before it)

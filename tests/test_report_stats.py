@@ -8,9 +8,22 @@ import numpy as np
 import pytest
 
 from pisweep.report import bootstrap as bootstrap_module
-from pisweep.report.stats import (Interval, StatsError, bootstrap_delta, bootstrap_from_metrics, bootstrap_replicates,
-                                  crossover_epoch, emergence_epoch, holm, joint_counts, paired_counts,
-                                  resamples_for_holm, sign_test, tally, win_loss_tie)
+from pisweep.report.stats import (
+    Interval,
+    StatsError,
+    bootstrap_delta,
+    bootstrap_from_metrics,
+    bootstrap_replicates,
+    crossover_epoch,
+    emergence_epoch,
+    holm,
+    joint_counts,
+    paired_counts,
+    resamples_for_holm,
+    sign_test,
+    tally,
+    win_loss_tie,
+)
 
 # ------------------------------------------------------------------------------------------------ helpers
 

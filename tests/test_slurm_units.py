@@ -10,8 +10,8 @@ from pisweep.errors import SpecError
 from pisweep.executors.profile import SiteProfile, load_profile
 from pisweep.executors.sacct import parse_sacct, parse_squeue
 from pisweep.executors.slurm import executor_params
-from pisweep.executors.slurm_job import _duration
-from pisweep.spec_load import load_study
+from pisweep.runner.slurm import _duration
+from pisweep.study.load import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

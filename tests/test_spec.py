@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pisweep.errors import SpecError
-from pisweep.spec_load import load_study
+from pisweep.study.load import load_study
 
 GOOD = textwrap.dedent("""\
     name: t1
@@ -95,7 +95,7 @@ def test_data_needs_one_source(tmp_path):
 
 
 def test_cli_exit_code_and_nothing_written(tmp_path, capsys):
-    from pisweep.cli import main
+    from pisweep.cli.main import main
 
     bad = write(tmp_path, GOOD.replace("epochs: [2]", "epochs: [two]"))
     assert main(["submit", str(bad)]) == 2

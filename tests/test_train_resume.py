@@ -2,26 +2,21 @@
 and non-finite losses fail loudly without overwriting good files."""
 from __future__ import annotations
 
-import io
-import json
 import re
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pisweep.atomic import sha256_file
 from pisweep.errors import TrainingError
-from pisweep.events import read_events
-from pisweep.jobctx import JobContext, Preempted, StopAfter
-from pisweep.models import TINY_CONFIG
-from pisweep.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
+from pisweep.job.context import JobContext, Preempted
+from pisweep.job.events import read_events
+from pisweep.study.spec import Study
+from pisweep.testing import StopAfter
 from pisweep.train.stage2 import run_stage2
 
-NAME = "pisweep-tiny"
+from helpers import make_shards, study
 
 
 @pytest.fixture
@@ -30,32 +25,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def make_shards(folder: Path, sizes: list[int]) -> str:
-    folder.mkdir(parents=True)
-    r = np.random.default_rng(0)
-    for s, n in enumerate(sizes):
-        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
-            for j in range(n):
-                buf = io.BytesIO()
-                Image.fromarray(r.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, format="JPEG")
-                for ext, data in (("jpg", buf.getvalue()), ("txt", f"caption {j % 5}".encode())):
-                    info = tarfile.TarInfo(f"{s:05d}{j:04d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-    (folder / "sizes.json").write_text(json.dumps({f"{s:05d}.tar": n for s, n in enumerate(sizes)}))
-    return f"{folder}/{{00000..{len(sizes) - 1:05d}}}.tar"
-
-
-def study(pattern: str, workers: int = 0, every: int | None = None, **optim) -> Study:
-    root = Path(pattern).parent.parent / "out"
-    return Study(name="t", output_root=str(root),
-                 data=DataSpec(train={"s": ScaleData(shards=pattern, samples=40)}),
-                 model=ModelSpec(name=NAME, config=TINY_CONFIG),
-                 stage2=Stage2Spec(global_batch_size=8, workers=workers, log_every_steps=2,
-                                   checkpoint_every_steps=every, optim=OptimSpec(**{"warmup_steps": 2, **optim})),
-                 grid=GridSpec(scale=["s"]), wandb=WandbSpec(mode="disabled"))
 
 
 def train(ctx: JobContext, s: Study, pattern: str, epochs: int = 2, seed: int = 0) -> None:

@@ -7,17 +7,18 @@ import pytest
 import torch
 import yaml
 
-from pisweep import app
-from pisweep.events import read_events
-from pisweep.jobctx import JobContext, Preempted, StopAfter
+from pisweep.commands import session as app
+from pisweep.commands.studyref import resolve
+from pisweep.job.context import JobContext, Preempted
+from pisweep.job.events import read_events
 from pisweep.ledger.queries import disk_use
 from pisweep.models import TINY_CONFIG
-from pisweep.plan import make_plan
-from pisweep.spec import EvalSpec
-from pisweep.studyref import resolve
+from pisweep.study.plan import make_plan
+from pisweep.study.spec import EvalSpec
+from pisweep.testing import StopAfter
 from pisweep.train.stage2 import run_stage2
 
-from test_train_resume import make_shards, study
+from helpers import make_shards, study
 
 
 def train(folder: Path, s, pattern: str, epochs: int, ctx: JobContext | None = None) -> JobContext:

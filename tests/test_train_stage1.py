@@ -13,10 +13,11 @@ from PIL import Image
 from pisweep.atomic import sha256_file
 from pisweep.data.nights import score_2afc
 from pisweep.errors import TrainingError
-from pisweep.events import read_events
-from pisweep.jobctx import JobContext, Preempted, StopAfter
+from pisweep.job.context import JobContext, Preempted
+from pisweep.job.events import read_events
 from pisweep.models import TINY_CONFIG, create_model
-from pisweep.spec import (DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage1Spec, Study, WandbSpec)
+from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage1Spec, Study, WandbSpec
+from pisweep.testing import StopAfter
 from pisweep.train.stage1 import _Stage1, hinge_loss, run_stage1, triplet_distances
 
 NAME = "pisweep-tiny"

@@ -16,10 +16,10 @@ from PIL import Image
 
 from pisweep.atomic import sha256_file
 from pisweep.errors import TrainingError
-from pisweep.events import read_events
-from pisweep.jobctx import JobContext
+from pisweep.job.context import JobContext
+from pisweep.job.events import read_events
 from pisweep.models import TINY_CONFIG, create_model
-from pisweep.spec import (DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec)
+from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
 from pisweep.train.augment import declip_train_transform
 from pisweep.train.loader import EpochBatchSampler, ShardDataset, epoch_order, make_loader
 from pisweep.train.optim import cosine_lr, decays, param_groups

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from pisweep.errors import DataError
 
 REQUIRED_COLUMNS = ("id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "split",
                     "is_imagenet")

@@ -32,9 +32,9 @@ from typing import Callable, Mapping
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
-from . import world
-from .synth_config import EVAL_TASK_NAMES, GENERATOR_VERSION, SynthConfig  # noqa: F401 (re-exported)
+from pisweep.data import world
+from pisweep.data.synth_config import EVAL_TASK_NAMES, GENERATOR_VERSION, SynthConfig  # noqa: F401 (re-exported)
+from pisweep.errors import DataError
 
 MARKER = "pisweep-synth.json"
 NIGHTS_COLUMNS = ("id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path",

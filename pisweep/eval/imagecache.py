@@ -25,15 +25,15 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import Compose, Normalize, ToTensor
 
-from . import registry
+from pisweep.eval import registry
 
 if TYPE_CHECKING:
-    from .datasets import SampleIndex, ShardImages
+    from pisweep.eval.tarsamples import SampleIndex, ShardImages
 
 
 def iterate_in_order(dataset: torch.utils.data.Dataset, batch_size: int, num_workers: int) -> Iterator[list]:
     """Batches (lists) of items in index order, decoded by ``num_workers`` processes (0: in this one)."""
-    from ..train.workers import ignore_stop_signals  # SLURM signals every process: only the job decides
+    from pisweep.job.signals import ignore_stop_signals  # SLURM signals every process: only the job decides
 
     yield from torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                            collate_fn=list,

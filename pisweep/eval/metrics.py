@@ -31,11 +31,10 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import EvalError
+from pisweep.errors import EvalError
 
-# Per-example keys (also the array names in the saved .npz files).
+# Per-example keys of a classification task (also the array names in the saved .npz files).
 CLS_KEYS = ("target", "pred", "top1", "top5", "n_classes")
-RET_KEYS = ("text_image_index", "image_hits", "text_hits", "recall_k")
 _CHUNK_CELLS = 1 << 22  # score cells per top-k block, to bound memory
 
 #: topk(scores (rows, cols), k) -> (rows, k) column indices, best first.

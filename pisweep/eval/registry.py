@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import EvalError
+from pisweep.errors import EvalError
 
 #: Bump when a task's data, metric or preprocessing semantics change (enters caches and result files).
 SUITE_VERSION = "1"

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import EvalError
-from . import metrics, registry
-from .datasets import TaskData
+from pisweep.errors import EvalError
+from pisweep.eval import metrics, registry
+from pisweep.eval.datasets import TaskData
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -41,7 +41,7 @@ def torch_topk(block: np.ndarray, k: int) -> np.ndarray:
 class CachedTokenizer:
     """A tokenizer that remembers its answers, keyed by the exact list of texts.
 
-    Why: a warm :class:`~pisweep.eval.runner.Evaluator` tokenizes the same prompts and captions, in the same
+    Why: a warm :class:`~pisweep.eval.evaluator.Evaluator` tokenizes the same prompts and captions, in the same
     lists, at every checkpoint, and tokens depend only on the text. Python BPE costs about a fifth of a tiny
     model's epoch. The model gets equal token tensors (a copy each time), so every output is unchanged.
     Memory is bounded by ``max_bytes`` of tokens (then the memo starts afresh).

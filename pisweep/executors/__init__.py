@@ -1,0 +1,1 @@
+"""The submit side: job files, the local executor (the embedded default) and SLURM through submitit."""

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import StudyBusy
-from ..job.liveness import holder, try_hold
+from pisweep.errors import StudyBusy
+from pisweep.job.liveness import holder, try_hold
 
 LOCK_NAME = "controller.lock"
 
@@ -57,7 +57,7 @@ def hold_controller(output_root: str | Path, study: str, purpose: str) -> Iterat
 
 def _remove_if_only_ours(root: Path) -> None:
     """Remove the folder a refused first submit made, if it holds nothing but the controller's own files."""
-    from ..ledger.owner import OWNER_FILE
+    from pisweep.ledger.owner import OWNER_FILE
 
     try:
         if {p.name for p in root.iterdir()} <= {LOCK_NAME, OWNER_FILE}:

@@ -1,6 +1,6 @@
 """The local executor: runs the study's job graph on this machine, the embedded default.
 
-Each job is a child process (``python -m pisweep.jobs JOB.json``) in its own session, so a terminal's signals
+Each job is a child process (``python -m pisweep.runner JOB.json``) in its own session, so a terminal's signals
 reach only pisweep. SIGINT, SIGTERM, SIGHUP and a closed stdout all end the scheduler the same way: it asks every
 child to stop (SIGTERM: save and exit), waits (bounded, then SIGKILL), records the attempts as stopped, writes one
 line saying so (stderr when open, always the scheduler's log) and exits non-zero; ``pisweep resume`` goes on from
@@ -23,19 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..atomic import remove_stale_temps
-from ..datapaths import DataPaths
-from ..events import write_event
-from ..job.liveness import ENV_CONTROLLER_PID, holder, job_lock_path, take_cancel_marker, try_hold
-from ..jobs import JobFile
-from ..ledger.db import Ledger
-from ..ledger.ingest import ingest, set_eval_states, set_job_state
-from ..ledger.queries import jobs_of, open_local_attempts, snapshot
-from ..plan import Layout, Plan
-from ..spec import Study
-from ..work import eval_job_file, init_job_file, job_file_path, next_work, train_job_file
-from .controller import live_controller
-from .stopping import StopRequest
+from pisweep.atomic import remove_stale_temps
+from pisweep.executors.base import eval_job_file, init_job_file, train_job_file
+from pisweep.executors.controller import live_controller
+from pisweep.executors.stopping import StopRequest
+from pisweep.job.contract import JobFile, job_file_path
+from pisweep.job.events import write_event
+from pisweep.job.liveness import ENV_CONTROLLER_PID, holder, job_lock_path, take_cancel_marker, try_hold
+from pisweep.job.paths import JobPaths
+from pisweep.ledger.db import Ledger
+from pisweep.ledger.ingest import ingest, set_eval_states, set_job_state
+from pisweep.ledger.queries import jobs_of, open_local_attempts, snapshot
+from pisweep.study.datapaths import DataPaths
+from pisweep.study.layout import Layout
+from pisweep.study.plan import Plan
+from pisweep.study.spec import Study
+from pisweep.study.work import next_work
 
 STOP_GRACE_S = 60.0  # how long stopped children get to save before they are killed
 LIVE_STATES = ("queued", "running")
@@ -217,14 +220,14 @@ class LocalExecutor:
         job_id = f"local-{uuid.uuid4().hex[:8]}"
         try:
             path = job.write(job_file_path(folder, job.kind, job_id))
-            log = folder / "logs" / f"{job.kind}-{job_id}.log"
+            log = JobPaths(folder).log(job.kind, job_id)
             log.parent.mkdir(parents=True, exist_ok=True)
             env = dict(os.environ, PISWEEP_JOB_ID=job_id, PISWEEP_EXECUTOR="local",
                        PISWEEP_THREADS=str(self.threads), OMP_NUM_THREADS=str(self.threads), WANDB_SILENT="true")
             env[ENV_CONTROLLER_PID] = str(os.getpid())
             env.setdefault("WANDB_MODE", self.study.wandb.mode)
             with open(log, "ab") as fh:
-                proc = subprocess.Popen([sys.executable, "-m", "pisweep.jobs", str(path)], stdout=fh,
+                proc = subprocess.Popen([sys.executable, "-m", "pisweep.runner", str(path)], stdout=fh,
                                         stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                         cwd=folder.parent, pass_fds=(held.fd,))
             held.note(pid=proc.pid, uid=job.uid, kind=job.kind, job_id=job_id, controller=os.getpid())
@@ -265,7 +268,7 @@ class LocalExecutor:
         if child.kind == "eval":  # an eval job records no attempt; its evals stay queued for the next scheduler
             return "vanished" if escalated else "failed"
         ended = any(p.name.endswith("attempt_ended.json") and f"-{child.proc.pid}-" in p.name
-                    for p in (child.folder / "events").glob("*.json"))
+                    for p in JobPaths(child.folder).events.glob("*.json"))
         if ended:
             return "failed"
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..errors import ExecutorError
-from ..job.liveness import cancel_marker_path, holder, job_lock_path
-from .controller import live_controller
-from .schedlog import scheduler_log_path
+from pisweep.errors import ExecutorError
+from pisweep.executors.controller import live_controller
+from pisweep.executors.schedlog import scheduler_log_path
+from pisweep.job.liveness import cancel_marker_path, holder, job_lock_path
 
 CANCEL_WAIT_S = 120.0  # a job gets this long to save after SIGTERM (the scheduler: its own grace, 60 s, and more)
 

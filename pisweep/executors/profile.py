@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from ..errors import SpecError
-from ..spec import Resources, Strict
-from ..yamlfile import parse_yaml
+from pisweep.errors import SpecError
+from pisweep.study.spec import Resources, Strict
+from pisweep.study.yamlfile import parse_yaml
 
 # sbatch option names: letters, digits and dashes only, so no value can smuggle in another option.
 _OPTION = re.compile(r"^[a-z][a-z0-9-]*$")

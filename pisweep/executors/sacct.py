@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
-from ..errors import ExecutorError
+from pisweep.errors import ExecutorError
 
 FIELDS = ("JobID", "State", "ExitCode", "Reason", "NodeList", "Start", "End")
 

@@ -9,25 +9,26 @@
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..datapaths import DataPaths
-from ..errors import ExecutorError
-from ..jobs import JobFile
-from ..ledger.db import Ledger
-from ..ledger.ingest import ingest, set_job_state
-from ..ledger.queries import Snapshot, snapshot
-from ..plan import Layout, Plan
-from ..spec import Study
-from ..work import Work, eval_job_file, init_job_file, job_file_path, train_job_file
-from . import sacct
-from .profile import SiteProfile
-from .slurm_job import SlurmTask
-from .snapshot import take_snapshot
+from pisweep.errors import ExecutorError
+from pisweep.executors import sacct
+from pisweep.executors.base import eval_job_file, init_job_file, train_job_file
+from pisweep.executors.profile import SiteProfile
+from pisweep.executors.snapshot import take_snapshot
+from pisweep.job.contract import JobFile, job_file_path
+from pisweep.ledger.db import Ledger
+from pisweep.ledger.ingest import ingest, set_job_state
+from pisweep.ledger.queries import Snapshot, queued_evals, snapshot
+from pisweep.runner.slurm import SlurmTask, make_executor
+from pisweep.study.datapaths import DataPaths
+from pisweep.study.layout import Layout
+from pisweep.study.plan import Plan
+from pisweep.study.spec import Study
+from pisweep.study.work import Work
 
 
 @dataclass
@@ -56,14 +57,6 @@ def executor_params(study: Study, profile: SiteProfile, kind: str, name: str, sn
         if key in options:
             params[key] = options[key]
     return params
-
-
-def _executor(folder: Path, params: dict[str, Any]):
-    import submitit
-
-    ex = submitit.SlurmExecutor(folder=str(folder), python=sys.executable)
-    ex.update_parameters(**params)
-    return ex
 
 
 def job_name(study: str, kind: str, label: str) -> str:
@@ -129,7 +122,7 @@ class SlurmExecutor:
         if dependency:
             params["dependency"] = f"afterok:{dependency}"
         folder = self.layout.root / "slurm" / kind
-        ex = _executor(folder, params)
+        ex = make_executor(folder, params)
         try:
             if len(tasks) == 1:
                 submitted = [ex.submit(tasks[0])]
@@ -160,7 +153,7 @@ class SlurmExecutor:
         run = self.plan.run_by_uid()[run_uid]
         params = executor_params(self.study, self.profile, "eval", job_name(self.study.name, "eval", run.label),
                                  snapshot)
-        job = _executor(self.layout.root / "slurm" / "eval", params).submit(
+        job = make_executor(self.layout.root / "slurm" / "eval", params).submit(
             SlurmTask(str(path), 0, 0, self.profile.signal_delay_s))
         return str(job.job_id)
 
@@ -236,7 +229,7 @@ class SlurmExecutor:
         if not due:
             return 0
         snapshot_dir = take_snapshot(self.layout.root / "code")
-        from ..ledger.ingest import set_eval_states
+        from pisweep.ledger.ingest import set_eval_states
 
         for (run_uid, epoch), tasks in sorted(due.items()):
             if run_uid not in runs:
@@ -266,49 +259,8 @@ class SlurmExecutor:
 WATCHED = {"queued", "running", "preempted", "timeout", "failed", "blocked"}
 
 
-def queued_evals(ledger: Ledger, study: str, suite_version: str) -> dict[tuple[str, int, str], tuple[str | None, str]]:
-    """Queued evals of the study: (run, epoch, task) -> (the SLURM job id named in the reason, or None; reason)."""
-    from sqlalchemy import select
-
-    from ..ledger import schema as t
-
-    with ledger.engine.connect() as conn:
-        rows = conn.execute(select(t.evals.c.job_uid, t.evals.c.epoch, t.evals.c.task, t.evals.c.reason)
-                            .join(t.jobs, t.jobs.c.uid == t.evals.c.job_uid)
-                            .where(t.jobs.c.study == study, t.evals.c.state == "queued",
-                                   t.evals.c.suite_version == suite_version)).all()
-    out = {}
-    for uid, epoch, task, reason in rows:
-        jid = reason.split("slurm job ", 1)[1].split()[0] if reason and "slurm job " in reason else None
-        out[(uid, epoch, task)] = (jid, reason or "")
-    return out
-
-
 def cancel(job_ids: list[str]) -> None:
     import subprocess
 
     if job_ids:
         subprocess.run(["scancel", *job_ids], check=False, timeout=60, capture_output=True)
-
-
-def submit_eval_from_job(job: JobFile, epoch: int, spec: dict[str, Any]) -> str:
-    """Called inside a train job when an epoch checkpoint is complete: submit that epoch's eval job."""
-    jf = JobFile("eval", job.uid, job.folder, spec["study_json"],
-                 {"epochs": [epoch], "tasks": spec["tasks"], "eval_root": spec["eval_root"], "nights": spec["nights"],
-                  "cache_dir": spec["cache_dir"]})
-    path = jf.write(job_file_path(job.folder, "eval", f"slurm-e{epoch}-{time.time_ns()}"))
-    from submitit.helpers import clean_env
-
-    # sbatch passes our environment on: without this, an eval submitted from an array element inherits
-    # SLURM_ARRAY_JOB_ID/TASK_ID (submitit then waits for the parent's pickle and the job dies, submitit #1782),
-    # CPU binding and memory forms sbatch may reject, and this job's own identity (attempt, launcher, task file).
-    with clean_env(extra_names=IN_JOB_ENV):
-        submitted = _executor(Path(spec["folder"]), spec["params"]).submit(
-            SlurmTask(str(path), 0, 0, spec["signal_delay_s"]))
-    return str(submitted.job_id)
-
-
-#: What identifies the job that runs now (its attempt, its launcher, its threads): never inherited by a job it
-#: submits. (SLURM_*, SRUN_*, SBATCH_*, SUBMITIT_* and torchrun's rank variables go too: clean_env.)
-IN_JOB_ENV = ("PISWEEP_JOB_ID", "PISWEEP_RESTART", "PISWEEP_LAUNCH_DIR", "PISWEEP_SLURM_TASK",
-              "PISWEEP_CONTROLLER_PID", "PISWEEP_THREADS")

@@ -1,1 +1,1 @@
-"""What code inside a job relies on and writes to. A leaf: it imports nothing else of pisweep's."""
+"""What code inside a job relies on and writes to. A leaf: it imports only pisweep's errors and atomic writes."""

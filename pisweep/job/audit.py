@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-AUDIT_FILE = "audit.log"
+from pisweep.job.paths import JobPaths
+
 AUDITED = {"attempt_started", "attempt_ended", "epoch_done", "checkpoint", "init_selected"}
 
 
@@ -21,7 +22,7 @@ def audit(folder: str | Path, kind: str, attempt: dict[str, Any], data: dict[str
     keep = {k: data[k] for k in ("outcome", "epoch", "step", "kind", "path", "sha256", "pid") if k in data}
     line = json.dumps({"t": time.time(), "pid": os.getpid(), "event": kind, "job_id": attempt.get("job_id"),
                        "restart": attempt.get("restart"), **keep}, sort_keys=True) + "\n"
-    path = Path(folder) / AUDIT_FILE
+    path = JobPaths(folder).audit
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -32,7 +33,7 @@ def audit(folder: str | Path, kind: str, attempt: dict[str, Any], data: dict[str
 def read_audit(folder: str | Path) -> Iterator[dict[str, Any]]:
     """The audit lines of a job folder (a line cut short by a kill is skipped)."""
     try:
-        text = (Path(folder) / AUDIT_FILE).read_text()
+        text = JobPaths(folder).audit.read_text()
     except OSError:
         return
     for line in text.splitlines():

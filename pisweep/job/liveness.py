@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LIVE_DIR = "live"
+from pisweep.job.paths import JobPaths
+
 ENV_CONTROLLER_PID = "PISWEEP_CONTROLLER_PID"  # set by the local executor for the jobs it starts
 WATCH_INTERVAL_S = 1.0
 
@@ -38,12 +39,12 @@ _controller_lost = threading.Event()
 
 def job_lock_path(folder: str | Path, role: str) -> Path:
     """The lock of a job folder's live process: role ``job`` (its init or train job) or ``eval`` (its eval job)."""
-    return Path(folder) / LIVE_DIR / f"{role}.lock"
+    return JobPaths(folder).live / f"{role}.lock"
 
 
 def cancel_marker_path(folder: str | Path) -> Path:
     """Written by ``pisweep cancel`` before it signals a local job: the job then ends its attempt as cancelled."""
-    return Path(folder) / LIVE_DIR / "cancel"
+    return JobPaths(folder).live / "cancel"
 
 
 def take_cancel_marker(folder: str | Path) -> bool:

@@ -1,0 +1,1 @@
+"""The SQLite ledger: schema, migrations, ingest of job events, and every SQL query pisweep runs."""

@@ -9,9 +9,9 @@ from typing import Callable, Iterator
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DatabaseError
 
-from ..errors import LedgerError
-from .lock import file_lock
-from .migrations import LATEST, current_version, migrate
+from pisweep.errors import LedgerError
+from pisweep.ledger.lock import file_lock
+from pisweep.ledger.migrations import LATEST, current_version, migrate
 
 
 class Ledger:

@@ -14,11 +14,12 @@ from typing import Any, Iterable
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 
-from ..errors import LedgerError
-from ..events import read_events
-from ..plan import Layout, Plan, canonical_json
-from . import schema as t
-from .db import Ledger
+from pisweep.errors import LedgerError
+from pisweep.job.events import read_events
+from pisweep.ledger import schema as t
+from pisweep.ledger.db import Ledger
+from pisweep.study.layout import Layout
+from pisweep.study.plan import Plan, canonical_json
 
 # Spec sections that may change between submits of one study without changing any result already recorded.
 NOT_RESULT_AFFECTING = {"executor", "wandb", "ledger", "output_root", "grid", "eval"}

@@ -6,8 +6,8 @@ from typing import Callable
 
 from sqlalchemy import Connection, text
 
-from ..errors import LedgerError
-from . import schema
+from pisweep.errors import LedgerError
+from pisweep.ledger import schema
 
 
 def _v1(conn: Connection) -> None:

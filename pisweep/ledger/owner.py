@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import atomic_write_json
-from ..errors import LedgerError
+from pisweep.atomic import atomic_write_json
+from pisweep.errors import LedgerError
 
 OWNER_FILE = "ledger.json"
 

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, select, text
 from sqlalchemy.dialects.sqlite import insert
 
-from . import schema as t
-from .db import Ledger
+from pisweep.ledger import schema as t
+from pisweep.ledger.db import Ledger
 
 
 @dataclass
@@ -48,7 +48,6 @@ class Snapshot:
     jobs: dict[str, JobRow]
     weights: dict[str, set[int]]  # run uid -> epochs with a weights file
     evals: dict[tuple[str, int, str], str]  # (run uid, epoch, task) -> state, for the current suite version
-    eval_reasons: dict[tuple[str, int, str], str] = field(default_factory=dict)
 
 
 def study_spec(ledger: Ledger, name: str) -> dict[str, Any] | None:
@@ -92,15 +91,13 @@ def snapshot(ledger: Ledger, study: str, suite_version: str) -> Snapshot:
                                        .join(t.jobs, t.jobs.c.uid == t.checkpoints.c.job_uid)
                                        .where(t.jobs.c.study == study, t.checkpoints.c.kind == "weights")):
             weights.setdefault(uid, set()).add(epoch)
-        evals, reasons = {}, {}
-        for uid, epoch, task, state, reason in conn.execute(
-                select(t.evals.c.job_uid, t.evals.c.epoch, t.evals.c.task, t.evals.c.state, t.evals.c.reason)
+        evals = {}
+        for uid, epoch, task, state in conn.execute(
+                select(t.evals.c.job_uid, t.evals.c.epoch, t.evals.c.task, t.evals.c.state)
                 .join(t.jobs, t.jobs.c.uid == t.evals.c.job_uid)
                 .where(t.jobs.c.study == study, t.evals.c.suite_version == suite_version)):
             evals[(uid, epoch, task)] = state
-            if reason:
-                reasons[(uid, epoch, task)] = reason
-    return Snapshot(jobs, weights, evals, reasons)
+    return Snapshot(jobs, weights, evals)
 
 
 def open_snapshot(ledger: Ledger, study: str, suite_version: str) -> Snapshot:
@@ -116,19 +113,17 @@ def open_snapshot(ledger: Ledger, study: str, suite_version: str) -> Snapshot:
             "SELECT job_uid, epoch FROM evals WHERE state IN ('queued', 'running') AND suite_version = :v"),
             {"v": suite_version}) if uid in jobs}
         weights: dict[str, set[int]] = {}
-        evals, reasons = {}, {}
+        evals = {}
         for uid, epoch in sorted(pairs):
             has_weights = conn.execute(select(t.checkpoints.c.epoch).where(
                 t.checkpoints.c.job_uid == uid, t.checkpoints.c.epoch == epoch,
                 t.checkpoints.c.kind == "weights")).first()
             if has_weights:
                 weights.setdefault(uid, set()).add(epoch)
-            for task, state, reason in conn.execute(select(t.evals.c.task, t.evals.c.state, t.evals.c.reason).where(
+            for task, state in conn.execute(select(t.evals.c.task, t.evals.c.state).where(
                     t.evals.c.job_uid == uid, t.evals.c.epoch == epoch, t.evals.c.suite_version == suite_version)):
                 evals[(uid, epoch, task)] = state
-                if reason:
-                    reasons[(uid, epoch, task)] = reason
-    return Snapshot(jobs, weights, evals, reasons)
+    return Snapshot(jobs, weights, evals)
 
 
 # -- incremental eval bookkeeping (app.reconcile) --------------------------------------------------------------------
@@ -314,16 +309,18 @@ def eval_state_counts_by_job(ledger: Ledger, study: str, suite_version: str) -> 
     return out
 
 
-def main_metric_curves(ledger: Ledger, study: str, suite_version: str | tuple[str, ...]) -> list[dict[str, Any]]:
-    """Rows (init, scale, epochs, seed, epoch, task, metric, value) of every done eval's main metric."""
-    versions = (suite_version,) if isinstance(suite_version, str) else tuple(suite_version)
+def queued_evals(ledger: Ledger, study: str, suite_version: str) -> dict[tuple[str, int, str], tuple[str | None, str]]:
+    """Queued evals of the study: (run, epoch, task) -> (the SLURM job id named in the reason, or None; reason)."""
     with ledger.engine.connect() as conn:
-        rows = conn.execute(select(t.jobs.c.init, t.jobs.c.scale, t.jobs.c.epochs, t.jobs.c.seed, t.evals.c.epoch,
-                                   t.evals.c.task, t.evals.c.main_metric, t.evals.c.main_value)
+        rows = conn.execute(select(t.evals.c.job_uid, t.evals.c.epoch, t.evals.c.task, t.evals.c.reason)
                             .join(t.jobs, t.jobs.c.uid == t.evals.c.job_uid)
-                            .where(t.jobs.c.study == study, t.evals.c.state == "done",
-                                   t.evals.c.suite_version.in_(versions))).mappings().all()
-    return [dict(r) for r in rows]
+                            .where(t.jobs.c.study == study, t.evals.c.state == "queued",
+                                   t.evals.c.suite_version == suite_version)).all()
+    out = {}
+    for uid, epoch, task, reason in rows:
+        jid = reason.split("slurm job ", 1)[1].split()[0] if reason and "slurm job " in reason else None
+        out[(uid, epoch, task)] = (jid, reason or "")
+    return out
 
 
 def attempts_of(ledger: Ledger, uid: str) -> list[dict[str, Any]]:

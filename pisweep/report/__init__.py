@@ -1,0 +1,1 @@
+"""The report: per-epoch curves, statistics, tables and plots."""

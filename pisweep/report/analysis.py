@@ -13,12 +13,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import PisweepError
-from ..eval import registry
-from .bootstrap import Interval
-from .data import Group, Run, StudyData, main_values, metric_values
-from .emergence import crossover_epoch, emergence_epoch, resamples_for_holm, sign_test, tally
-from .estimate import Estimator, interval_dict
+from pisweep.errors import PisweepError
+from pisweep.eval import registry
+from pisweep.report.bootstrap import Interval
+from pisweep.report.data import Group, Run, StudyData, main_values, metric_values
+from pisweep.report.emergence import crossover_epoch, emergence_epoch, resamples_for_holm, sign_test, tally
+from pisweep.report.estimate import Estimator, interval_dict
 
 DEFINITIONS = {
     "delta": "A − B of the task's main metric, each arm's value being the mean over its seeds (perceptual − random; "

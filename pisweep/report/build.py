@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from ..datapaths import resolve
-from ..ledger.db import Ledger
-from ..plan import Plan
-from ..spec import Study
-from .analysis import Options, analyze
-from .coverage import coverage
-from .cost import cost
-from .data import StudyData, load_study, main_values
+from pisweep.ledger.db import Ledger
+from pisweep.report.analysis import Options, analyze
+from pisweep.report.cost import cost
+from pisweep.report.coverage import coverage
+from pisweep.report.data import StudyData, load_study, main_values
+from pisweep.study.datapaths import resolve
+from pisweep.study.plan import Plan
+from pisweep.study.spec import Study
 
 NIGHTS_TASK, NIGHTS_VERSION = "nights_2afc", "nights-1"  # eval_job's NIGHTS 2AFC pseudo-task (not in the suite)
 

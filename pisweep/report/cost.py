@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .data import StudyData, init_jobs, job_costs
+from pisweep.report.data import StudyData, init_jobs, job_costs
 
 _FIELDS = ("attempts", "preemptions", "unsaved_restarts", "without_end", "wall_h", "rank_h", "lost_rank_h")
 

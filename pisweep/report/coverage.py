@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..eval import registry
-from .data import StudyData, eval_problems, main_values, open_evals, tasks_with_results
+from pisweep.eval import registry
+from pisweep.report.data import StudyData, eval_problems, main_values, open_evals, tasks_with_results
 
 LIST_LIMIT = 200  # runs listed by name in the JSON; the count is always complete
 

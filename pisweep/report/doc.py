@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..eval import registry
+from pisweep.eval import registry
 
 GOOD, BAD, DIM, WARN, PLAIN = "good", "bad", "dim", "warn", ""
 RUN_TABLE_LIMIT = 40  # runs listed one by one in the cost section

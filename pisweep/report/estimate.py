@@ -13,10 +13,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .bootstrap import Interval, StatsError, bootstrap_delta
-from .data import Run, per_example_path
-from .examples import OrderMismatch, metric_counts
-from .seedboot import intervals_from_metrics
+from pisweep.report.bootstrap import Interval, StatsError, bootstrap_delta
+from pisweep.report.data import Run, per_example_path
+from pisweep.report.examples import OrderMismatch, metric_counts
+from pisweep.report.seedboot import intervals_from_metrics
 
 Done = Callable[[Interval], None]
 
@@ -113,7 +113,7 @@ class Estimator:
 
 
 def _read(path: Path, est: Estimator) -> dict[str, np.ndarray] | None:
-    """eval.runner.read_per_example without importing the evaluator (which imports torch: seconds)."""
+    """eval.evaluator.read_per_example without importing the evaluator (which imports torch: seconds)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

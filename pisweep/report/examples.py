@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .bootstrap import JointCounts, joint_counts
+from pisweep.report.bootstrap import JointCounts, joint_counts
 
 PerExample = Mapping[str, np.ndarray]
 

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes
-from .doc import Block, document
+from pisweep.atomic import atomic_write_bytes
+from pisweep.report.doc import Block, document
 
 
 def clean(obj: Any) -> Any:

@@ -6,8 +6,8 @@ import base64
 import html
 from typing import Any
 
-from . import figures
-from .doc import BAD, DIM, GOOD, WARN, Block, document
+from pisweep.report import figures
+from pisweep.report.doc import BAD, DIM, GOOD, WARN, Block, document
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1200px;color:#222;

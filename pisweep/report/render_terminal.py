@@ -8,7 +8,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from .doc import BAD, DIM, GOOD, WARN, Block, document
+from pisweep.report.doc import BAD, DIM, GOOD, WARN, Block, document
 
 STYLE = {GOOD: "green", BAD: "red", DIM: "dim", WARN: "yellow", "": ""}
 

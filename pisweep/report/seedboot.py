@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .bootstrap import Interval, StatsError, _seed_draw, _sort_seeds
+from pisweep.report.bootstrap import Interval, StatsError, _seed_draw, _sort_seeds
 
 
 def intervals_from_metrics(values_a: np.ndarray, values_b: np.ndarray, seeds_a: Sequence[int],

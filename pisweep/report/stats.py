@@ -5,11 +5,31 @@ pisweep/report/emergence.py (epochs and tallies across tasks); definitions are i
 """
 from __future__ import annotations
 
-from pisweep.report.bootstrap import (METRICS, Interval, JointCounts, PairedCounts, Replicates, StatsError,
-                                      bootstrap_delta, bootstrap_from_metrics, bootstrap_replicates, joint_counts,
-                                      paired_counts, summarize)
-from pisweep.report.emergence import (Outcome, Tally, crossover_epoch, emergence_epoch, holm, resamples_for_holm,
-                                      sign_test, tally, win_loss_tie)
+from pisweep.report.bootstrap import (
+    METRICS,
+    Interval,
+    JointCounts,
+    PairedCounts,
+    Replicates,
+    StatsError,
+    bootstrap_delta,
+    bootstrap_from_metrics,
+    bootstrap_replicates,
+    joint_counts,
+    paired_counts,
+    summarize,
+)
+from pisweep.report.emergence import (
+    Outcome,
+    Tally,
+    crossover_epoch,
+    emergence_epoch,
+    holm,
+    resamples_for_holm,
+    sign_test,
+    tally,
+    win_loss_tie,
+)
 
 __all__ = ["METRICS", "Interval", "JointCounts", "Outcome", "PairedCounts", "Replicates", "StatsError", "Tally",
            "bootstrap_delta", "bootstrap_from_metrics", "bootstrap_replicates", "crossover_epoch",

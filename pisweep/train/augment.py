@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
-
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 
 def model_image_size(model: torch.nn.Module) -> int:

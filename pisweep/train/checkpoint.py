@@ -13,9 +13,9 @@ from typing import Any, BinaryIO
 
 import torch
 
-from ..atomic import atomic_open, atomic_write_json, disk_full
-from ..errors import TrainingError
-from ..models import unwrap
+from pisweep.atomic import atomic_open, atomic_write_json, disk_full
+from pisweep.errors import TrainingError
+from pisweep.models import unwrap
 
 RESUME_FORMAT = 1
 

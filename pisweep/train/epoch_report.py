@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..events import EVENT_DIR
+from pisweep.job.paths import JobPaths
 
 
 def reported_epochs(folder: Path) -> set[int]:
     """Epochs this job folder's events already report as done."""
     out: set[int] = set()
-    for path in (Path(folder) / EVENT_DIR).glob("*-epoch_done.json"):
+    for path in JobPaths(folder).events.glob("*-epoch_done.json"):
         try:
             out.add(int(json.loads(path.read_text())["data"]["epoch"]))
         except (OSError, ValueError, KeyError, TypeError):

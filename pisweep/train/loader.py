@@ -9,21 +9,28 @@ of an epoch just skips k batches.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from io import BytesIO
-import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import TrainingError
-from .augment import apply_seeded
-from .determinism import (STREAM_AUGMENT, STREAM_LOADER, STREAM_SHARD_ORDER, STREAM_WINDOW, derive_seed, rng,
-                          torch_generator)
-from .shards import SampleTable, read_range
-from .workers import ignore_stop_signals
+from pisweep.errors import TrainingError
+from pisweep.job.signals import ignore_stop_signals
+from pisweep.train.augment import apply_seeded
+from pisweep.train.determinism import (
+    STREAM_AUGMENT,
+    STREAM_LOADER,
+    STREAM_SHARD_ORDER,
+    STREAM_WINDOW,
+    derive_seed,
+    rng,
+    torch_generator,
+)
+from pisweep.train.shards import SampleTable, read_range
 
 WINDOW = 1 << 18  # samples per shuffle window (~26 shards of 10k): part of the "seeded-shards-v1" definition
 

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import torch
 
-from ..spec import OptimSpec
+from pisweep.study.spec import OptimSpec
 
 # Parameters excluded from weight decay besides every 1-D tensor (biases, norm scales, class embedding, logit
 # scale): the learnable positional embeddings, which are 2-D (§1.4: "no wd on 1-D/bias/norm/logit_scale/pos-emb").

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from braceexpand import braceexpand
 
-from ..atomic import atomic_write_json
-from ..errors import TrainingError
-from .tarindex import IndexCache
+from pisweep.atomic import atomic_write_json
+from pisweep.errors import TrainingError
+from pisweep.train.tarindex import IndexCache
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TrainingError
-from ..jobctx import JobContext, Preempted
-from ..models import create_model
-from ..spec import Study
-from .augment import model_image_size, model_mean_std, nights_transform
-from .checkpoint import load_resume, save_resume, save_weights
-from .epoch_report import replay_unreported
-from .determinism import (STREAM_NIGHTS_ORDER, STREAM_VOTE_SHUFFLE, capture_rng_state, derive_seed,
-                          restore_rng_state, rng, seed_everything)
-from .loader import make_loader
-from .optim import build_adamw, cosine_lr, set_lr
-from .runtime import autocast, setup_device
+from pisweep.errors import TrainingError
+from pisweep.job.context import JobContext, Preempted
+from pisweep.job.paths import JobPaths
+from pisweep.models import create_model
+from pisweep.study.spec import Study
+from pisweep.train.augment import model_image_size, model_mean_std, nights_transform
+from pisweep.train.checkpoint import load_resume, save_resume, save_weights
+from pisweep.train.determinism import (
+    STREAM_NIGHTS_ORDER,
+    STREAM_VOTE_SHUFFLE,
+    capture_rng_state,
+    derive_seed,
+    restore_rng_state,
+    rng,
+    seed_everything,
+)
+from pisweep.train.epoch_report import replay_unreported
+from pisweep.train.loader import make_loader
+from pisweep.train.optim import build_adamw, cosine_lr, set_lr
+from pisweep.train.runtime import autocast, setup_device
 
 METHODS = ("perceptual", "shuffled")
 EVAL_SETS = ("val", "test_imagenet", "test_no_imagenet")
@@ -83,7 +91,7 @@ def run_stage1(ctx: JobContext, study: Study, method: str, seed: int, nights_roo
 
 class _Stage1:
     def __init__(self, ctx: JobContext, study: Study, method: str, seed: int, root: Path, device: str):
-        from ..data import nights  # written beside this module; imported late so this module imports alone
+        from pisweep.data import nights  # written beside this module; imported late so this module imports alone
 
         if ctx.world_size > 1:
             raise TrainingError(f"job {ctx.uid}: stage 1 runs on one rank (it is small), not {ctx.world_size}")
@@ -91,8 +99,8 @@ class _Stage1:
         self.seed = seed + self.s1.seed_offset
         self.dev = setup_device(device)
         self.folder = Path(ctx.folder)
-        self.init_path = self.folder / "init.pt"
-        self.resume_path = self.folder / "resume" / "state.pt"
+        self.init_path = JobPaths(self.folder).init_weights
+        self.resume_path = JobPaths(self.folder).resume_state
         train = nights.read_triplets(root, "train", self.s1.min_votes)
         evals = nights.subsets(root, self.s1.min_votes)
         seed_everything(self.seed)

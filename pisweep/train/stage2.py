@@ -5,7 +5,7 @@ so text tower and logit scale are identical, then perceptual/shuffled arms load 
 their stage-1 init. Everything the training sees is a pure function of (seed, epoch, step) (see loader.py), and
 the resume state holds the rest (model, optimizer, step, RNG), so a preempted run resumes bit for bit.
 
-With several ranks (DDP, started by pisweep.launch) each rank takes its slice of every global batch, so the order
+With several ranks (DDP, started by the node launcher, runner/launch.py) each rank takes its slice of every global batch, so the order
 does not depend on the rank count either; rank 0 alone writes files and events, a stop is agreed at a step
 boundary by a collective, and the ranks check once per epoch that their parameters are still identical.
 Retention (stage2.keep_weights / keep_resume): weights files of the evaluated epochs only, by default, and the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,28 +23,25 @@ import torch
 import torch.distributed as dist
 from open_clip.loss import ClipLoss
 
-from ..errors import TrainingError
-from ..jobctx import JobContext, Preempted
-from ..models import create_model, unwrap, write_model_config
-from ..plan import eval_epochs
-from ..spec import Study
-from .augment import declip_train_transform, model_image_size, model_mean_std
-from .checkpoint import load_resume, save_resume, save_weights
-from .epoch_report import replay_unreported
-from .determinism import capture_rng_state, restore_rng_state, seed_everything
-from .loader import EpochBatchSampler, ShardDataset, make_loader
-from .optim import build_adamw, cosine_lr, set_lr
-from .runtime import any_rank, autocast, distributed, rank0_first, setup_device
-from .shards import build_table, plan_manifest
-from .tracking import Tracker
+from pisweep.errors import TrainingError
+from pisweep.job.context import JobContext, Preempted
+from pisweep.job.paths import JobPaths
+from pisweep.models import create_model, unwrap, write_model_config
+from pisweep.study.plan import eval_epochs
+from pisweep.study.spec import Study
+from pisweep.train.augment import declip_train_transform, model_image_size, model_mean_std
+from pisweep.train.checkpoint import load_resume, save_resume, save_weights
+from pisweep.train.determinism import capture_rng_state, restore_rng_state, seed_everything
+from pisweep.train.epoch_report import replay_unreported
+from pisweep.train.loader import EpochBatchSampler, ShardDataset, make_loader
+from pisweep.train.optim import build_adamw, cosine_lr, set_lr
+from pisweep.train.runtime import any_rank, autocast, distributed, rank0_first, setup_device
+from pisweep.train.shards import build_table, plan_manifest
+from pisweep.train.tracking import Tracker
 
 RESUME_EVERY_S = 600.0  # when stage2.checkpoint_every_steps is None: a resume state about every 10 minutes
 MAX_LOGIT_SCALE = math.log(100)  # open_clip_train clamps the learnable temperature at 100 after each step
 VISION_INITS = ("perceptual", "shuffled")
-# Fault injection for tests: at these steps (comma-separated) every rank waits, up to PAUSE_LIMIT_S, until it is
-# asked to stop, so that a test's real signal lands at a known step boundary.
-PAUSE_ENV = "PISWEEP_TEST_PAUSE_AT"
-PAUSE_LIMIT_S = 120.0
 log = logging.getLogger("pisweep.train")
 
 
@@ -114,11 +110,12 @@ class _Stage2:
             raise TrainingError(f"job {ctx.uid}: world size {ctx.world_size} but torch.distributed is not "
                                 "initialized (launch the ranks with torchrun)")
         self.folder = Path(ctx.folder)
-        self.resume_path = self.folder / "resume" / "state.pt"
+        self.paths = JobPaths(self.folder)
+        self.resume_path = self.paths.resume_state
         index_cache = Path(study.output_root) / "cache" / "shard-index"  # shared by the runs of a study
         self.manifest = rank0_first(ctx.rank, lambda: plan_manifest(shards, samples, index_cache))
         if ctx.rank == 0:
-            self.manifest.write(self.folder / "data" / "manifest.json")
+            self.manifest.write(self.paths.manifest)
         self.global_batch = min(self.s2.global_batch_size, samples)
         self.fingerprint = {"model": study.model.name, "config": study.model.config, "init": init,
                             "seed": seed, "epochs": epochs, "global_batch": self.global_batch,
@@ -126,7 +123,7 @@ class _Stage2:
                             "augment": self.s2.augment}
         model, preprocess_val, tokenizer = build_model(study, init, init_weights, seed)
         if ctx.rank == 0:
-            write_model_config(self.folder / "checkpoints", study.model.name, study.model.config)
+            write_model_config(self.paths.checkpoints, study.model.name, study.model.config)
         self.model = model.to(self.dev)
         self.optimizer = build_adamw(self.model.named_parameters(), self.s2.optim)
         self.epoch, self.batch, self.step = 1, 0, 0  # position: next batch to train
@@ -138,7 +135,6 @@ class _Stage2:
         if state is not None:
             self._restore(state)
         self.start_step = self.step
-        self.pause_at = frozenset(int(x) for x in os.environ.get(PAUSE_ENV, "").split(",") if x.strip())
         size = model_image_size(model)
         mean, std = model_mean_std(model)
         transform = declip_train_transform(size, mean, std) if self.s2.augment else preprocess_val
@@ -227,23 +223,12 @@ class _Stage2:
     def _stop_due(self) -> bool:
         """Whether to stop at this step boundary. With several ranks this is a collective (every rank stops at
         the same step), so it is asked every log_every_steps steps only."""
-        forced = self._pause()
+        forced = self.step != self.start_step and self.ctx.pause_point(self.step)
         if not distributed():
             return self.ctx.should_stop()
         if not forced and self.step % self.s2.log_every_steps:
             return False
         return any_rank(self.ctx.should_stop(), self.dev)
-
-    def _pause(self) -> bool:
-        """Test fault injection (PAUSE_ENV): wait at a listed step until asked to stop; True if this step is one."""
-        if self.step not in self.pause_at or self.step == self.start_step:
-            return False
-        if self.ctx.rank == 0:
-            (self.folder / f"paused-{self.step}").touch()
-        deadline = time.monotonic() + PAUSE_LIMIT_S
-        while not self.ctx.should_stop() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return True
 
     # ---- logging ----------------------------------------------------------------------------------------
     def _flush(self) -> float:
@@ -341,7 +326,7 @@ class _Stage2:
         self._check_sync()
         if self.ctx.rank == 0 and e in self.weights_epochs:
             self._check_weights()
-            path = self.folder / "checkpoints" / f"epoch_{e}.pt"
+            path = self.paths.weights(e)
             sha, nbytes = save_weights(path, e, self.model)
             self.ctx.emit("checkpoint", epoch=e, kind="weights", path=str(path), sha256=sha, bytes=nbytes,
                           step=self.step)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TrainingError
+from pisweep.errors import TrainingError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXT = "txt"
@@ -173,7 +173,7 @@ class IndexCache:
         missing = [p for p in paths if (f := self._file(p)) is None or not f.exists()]
         procs = min(processes or os.cpu_count() or 1, 16, len(missing))
         if procs > 1 and len(missing) > 8:
-            from .workers import ignore_stop_signals
+            from pisweep.job.signals import ignore_stop_signals
 
             with ProcessPoolExecutor(procs, mp_context=get_context("spawn"), initializer=ignore_stop_signals) as pool:
                 built = dict(zip(missing, pool.map(index_tar, missing, chunksize=4)))
@@ -185,7 +185,7 @@ class IndexCache:
 
 
 def _save_npy(file: Path, rows: np.ndarray) -> None:
-    from ..atomic import atomic_open
+    from pisweep.atomic import atomic_open
 
     with atomic_open(file) as f:
         np.save(f, rows)

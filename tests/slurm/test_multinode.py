@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from pisweep.events import read_events
-from pisweep.executors.slurm_job import SlurmTask
-from pisweep.jobs import JobFile
+from pisweep.job.contract import JobFile
+from pisweep.job.events import read_events
+from pisweep.runner.slurm import SlurmTask
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_train_resume import make_shards, study  # noqa: E402
+from helpers import make_shards, pause_setup, study
 
 
 def write_job(tmp: Path, folder: str, epochs: int = 2) -> Path:
@@ -76,7 +75,7 @@ def test_two_tasks_run_the_launcher_as_two_nodes_with_ranks_in_sync(slurm_cluste
     assert [e["data"]["outcome"] for e in events(run, "attempt_ended")] == ["completed"]
 
     # The same job as one node with two ranks: same world size and threads, so the same weights, bit for bit.
-    ref = subprocess.run([sys.executable, "-m", "pisweep.launch", "--nproc-per-node", "2",
+    ref = subprocess.run([sys.executable, "-m", "pisweep.runner.launch", "--nproc-per-node", "2",
                           str(write_job(tmp_path, "ref"))], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PISWEEP_THREADS": "2", "WANDB_MODE": "disabled"})
     assert ref.returncode == 0, ref.stdout[-4000:]
@@ -86,7 +85,7 @@ def test_two_tasks_run_the_launcher_as_two_nodes_with_ranks_in_sync(slurm_cluste
 
 
 def test_sigusr2_to_the_whole_step_stops_both_nodes_and_node_0_requeues(slurm_cluster, tmp_path):
-    job = submit(tmp_path, write_job(tmp_path, "run", epochs=3), ["export PISWEEP_TEST_PAUSE_AT=3"])
+    job = submit(tmp_path, write_job(tmp_path, "run", epochs=3), pause_setup(3))
     slurm_cluster.track(job.job_id)
     run = tmp_path / "run"
     slurm_cluster.wait_until(lambda: (run / "paused-3").exists(), 240, "the job to reach step 3")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pisweep import app
-from pisweep.cli import main
+from pisweep.cli.main import main
+from pisweep.commands import session as app
+from pisweep.commands.status import status
+from pisweep.commands.studyref import resolve
 from pisweep.ledger.queries import attempts_of, snapshot
-from pisweep.status import status
-from pisweep.studyref import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = {"cpus_per_task": 1, "mem_gb": 2, "time_min": 10}
@@ -213,8 +213,8 @@ def test_timeouts_requeue_up_to_the_cap(slurm_cluster, tmp_path, synth_root):
 def test_failed_init_blocks_its_runs(slurm_cluster, tmp_path, synth_root):
     # NIGHTS with a valid data.csv (preflight passes) but no images: the init job fails inside SLURM.
     ok = write_study(tmp_path, synth_root, "slurm-prep")
-    from pisweep.datapaths import resolve as resolve_data
-    from pisweep.spec_load import load_study
+    from pisweep.study.datapaths import resolve as resolve_data
+    from pisweep.study.load import load_study
 
     resolve_data(load_study(ok), generate=True)
     broken = tmp_path / "nights-broken"

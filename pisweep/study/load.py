@@ -1,4 +1,4 @@
-"""Load a study YAML into :class:`pisweep.spec.Study`, with errors that name the file, line and field path.
+"""Load a study YAML into :class:`pisweep.study.spec.Study`, with errors that name the file, line and field path.
 
 Relative paths in a spec are resolved against the folder that holds the spec file, so a study means the same
 thing whatever the current directory is.
@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .errors import SpecError
-from .spec import Study, cross_field_problems
-from .yamlfile import parse_yaml
+from pisweep.errors import SpecError
+from pisweep.study.spec import Study, cross_field_problems
+from pisweep.study.yamlfile import parse_yaml
 
 
 def load_study(path: str | Path) -> Study:

@@ -1,16 +1,16 @@
 """The node launcher: one per node, it starts this node's ranks of a training job with torchrun semantics.
 
-``python -m pisweep.launch [--nnodes N --node-rank R --master-addr HOST --master-port P] --nproc-per-node G JOB.json``
+``python -m pisweep.runner.launch [--nnodes N --node-rank R --master-addr HOST --master-port P] --nproc-per-node G JOB.json``
 
 torch.distributed.elastic does the work that must not be re-implemented: the c10d rendezvous (its store hosted
 by node 0 at MASTER_ADDR:MASTER_PORT), rank assignment, and each rank's RANK, LOCAL_RANK, WORLD_SIZE,
-LOCAL_WORLD_SIZE, MASTER_ADDR/PORT. Each rank is ``python -m pisweep.jobs JOB.json`` in its own session.
+LOCAL_WORLD_SIZE, MASTER_ADDR/PORT. Each rank is ``python -m pisweep.runner JOB.json`` in its own session.
 
 What the launcher adds is the ownership of stop signals. torchrun's agent turns SIGTERM/SIGINT into killing its
 workers, and it does not handle SIGUSR2 at all (the default action kills it), so a SLURM preemption warning would
 take the job down without a save. Here SIGUSR2, SIGTERM and SIGINT only set a flag; the first one is forwarded
 once to every rank (as soon as the rank has installed its own handler, read from /proc), and the ranks agree at
-a step boundary, save and stop. Ranks exit 0 when they stopped and report their job code in a file (pisweep.jobs),
+a step boundary, save and stop. Ranks exit 0 when they stopped and report their job code in a file (runner/run.py),
 because the agent takes any non-zero exit for a failure and would shoot the other ranks while rank 0 saves.
 """
 from __future__ import annotations
@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .jobs import ENV_LAUNCH_DIR, EXIT_FAILED, EXIT_OK, EXIT_STOPPED
+from pisweep.job.contract import ENV_LAUNCH_DIR, EXIT_FAILED, EXIT_OK, EXIT_STOPPED
+from pisweep.job.paths import JobPaths
+from pisweep.job.signals import STOP_SIGNALS
 
 log = logging.getLogger("pisweep.launch")
-STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 AGENT_SIGNALS = "SIGHUP,SIGQUIT"  # what torch's agent may still handle: not the stop signals, which are ours
 PORT_BASE, PORT_SPAN = 10000, 20000  # rendezvous ports derived from a job id: below Linux's ephemeral range
 _ENV_KEEP = (ENV_LAUNCH_DIR, "PISWEEP_THREADS", "OMP_NUM_THREADS", "TORCHELASTIC_SIGNALS_TO_HANDLE")
@@ -78,11 +79,11 @@ def first_host(nodelist: str) -> str:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
                              timeout=60, check=True).stdout.split()
     except (OSError, subprocess.SubprocessError) as exc:
-        from .errors import ExecutorError
+        from pisweep.errors import ExecutorError
 
         raise ExecutorError(f"cannot expand the SLURM node list {nodelist!r} with scontrol: {exc}") from exc
     if not out:
-        from .errors import ExecutorError
+        from pisweep.errors import ExecutorError
 
         raise ExecutorError(f"scontrol show hostnames {nodelist!r} printed no host")
     return out[0]
@@ -140,7 +141,7 @@ def _launch(job_file: Path, spec: LaunchSpec, env: dict[str, str], forwarder: "S
     try:
         os.environ.update(added)
         try:
-            elastic_launch(config, sys.executable)("-u", "-m", "pisweep.jobs", str(Path(job_file).resolve()))
+            elastic_launch(config, sys.executable)("-u", "-m", "pisweep.runner", str(Path(job_file).resolve()))
         except ChildFailedError as exc:
             failure = _describe_failures(exc)
         except Exception as exc:  # noqa: BLE001 - rendezvous timeouts and the like: this node failed
@@ -165,7 +166,7 @@ def launch_job(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = No
                early: list[int] | None = None) -> LaunchResult:
     """:func:`launch`, and on node 0 the end of an attempt that failed before rank 0 could record it (a rank
     killed, a rendezvous that never completed): the ledger must never show such an attempt as still running."""
-    from .events import attempt_from_env
+    from pisweep.job.events import attempt_from_env
 
     added = dict(env or {})
     attempt = attempt_from_env()
@@ -181,13 +182,13 @@ def record_unreported_failure(job_file: Path, attempt: dict, reason: str) -> boo
     """Write a failed ``attempt_ended`` for ``attempt`` unless one exists; True when written."""
     import json
 
-    from .events import write_event
-    from .jobs import JobFile
+    from pisweep.job.contract import JobFile
+    from pisweep.job.events import write_event
 
     job = JobFile.read(job_file)
     if job.kind == "eval":
         return False
-    for path in (Path(job.folder) / "events").glob("*-attempt_ended.json"):
+    for path in JobPaths(job.folder).events.glob("*-attempt_ended.json"):
         try:
             if json.loads(path.read_text()).get("attempt") == attempt:
                 return False
@@ -356,7 +357,7 @@ def catches(pid: int, sig: int) -> bool:
 
 # -- command line --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pisweep.launch", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pisweep.runner.launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("job_file", type=Path)
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--nproc-per-node", type=int, default=1)

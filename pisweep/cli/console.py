@@ -142,29 +142,6 @@ def status_table(data: dict[str, Any]) -> Table:
                       metric, evals_txt, fmt_bytes(c["disk_bytes"]) if c["disk_bytes"] else "", note)
     return table
 
-
-def report_tables(curves: list[dict[str, Any]]) -> list[Table]:
-    tables = []
-    for cv in curves:
-        arms = cv["arms"]
-        t = Table(title=f"{cv['task']} · {cv['metric']} · scale {cv['scale']} · {cv['epochs']} epochs "
-                        f"(mean over seeds)", title_justify="left")
-        t.add_column("epoch", justify="right")
-        for arm in arms:
-            t.add_column(arm, justify="right")
-        deltas = [a for a in arms if a != "random"] if "random" in arms else []
-        for arm in deltas:
-            t.add_column(f"Δ {arm}−random", justify="right")
-        for row in cv["rows"]:
-            cells = [str(row["epoch"])] + [fmt_metric(row.get(a)) for a in arms]
-            for arm in deltas:
-                d = row.get(f"delta_{arm}")
-                cells.append("—" if d is None else f"[{'green' if d > 0 else 'red' if d < 0 else 'white'}]{d:+.4f}[/]")
-            t.add_row(*cells)
-        tables.append(t)
-    return tables
-
-
 def plan_table(plan_json: dict[str, Any]) -> Table:
     t = Table(title=f"plan for study {plan_json['study']}: {plan_json['counts']}", title_justify="left")
     for col in ("kind", "uid", "label", "depends on", "evaluated epochs"):

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import PreflightError
-from .spec import Study
+from pisweep.errors import PreflightError
+from pisweep.study.spec import Study
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ def resolve(study: Study, generate: bool = False,
     if synth is None:
         return DataPaths(study.data.nights, {k: (v.shards, v.samples) for k, v in study.data.train.items()},
                          study.data.eval_root)
-    from .data.synth import SynthConfig, layout_for, synthesize
+    from pisweep.data.synth import SynthConfig, layout_for, synthesize
 
     cfg = SynthConfig(**synth.model_dump(exclude={"root"}, exclude_none=True))
     lay = synthesize(Path(synth.root), cfg, progress) if generate else layout_for(Path(synth.root), cfg)
@@ -112,8 +112,8 @@ def preflight(study: Study, paths: DataPaths, ranks: int = 1) -> Preflight:
         if len(shards) < workers * ranks:
             pf.problems.append(f"data.train.{scale}: {len(shards)} shards cover the scale but stage2.workers x ranks = "
                                f"{workers} x {ranks}; every loader worker needs at least one shard")
-    from .eval.registry import coverage
-    from .plan import suite_tasks
+    from pisweep.eval.registry import coverage
+    from pisweep.study.plan import suite_tasks
 
     tasks = suite_tasks(study)
     if paths.eval_root:

@@ -1,4 +1,6 @@
-"""Helper processes of a rank (DataLoader workers, shard indexers) leave stop signals to the rank itself.
+"""The stop signals of a job, and what each kind of process does with them.
+
+Helper processes of a rank (DataLoader workers, shard indexers) leave stop signals to the rank itself.
 
 SLURM sends SIGTERM (scancel, preemption) or SIGUSR2 (``--signal``) to every process of a job step, helpers
 included, and a local Ctrl-C reaches a whole process group. PyTorch's DataLoader workers exit on a SIGTERM from
@@ -13,7 +15,17 @@ import os
 import signal
 import threading
 
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+#: What asks a job to save and stop: SIGUSR2 (SLURM's warning before a preemption or time limit), SIGTERM (scancel,
+#: a local controller), SIGINT (Ctrl-C).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+def catch_stop_signals() -> list[int]:
+    """Until the job context takes over, remember stop signals (a signal's default action would kill us)."""
+    caught: list[int] = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda s, f: caught.append(s))
+    return caught
 
 
 def ignore_stop_signals(_worker_id: int | None = None) -> None:

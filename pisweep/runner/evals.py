@@ -10,30 +10,23 @@ import json
 import logging
 from pathlib import Path
 
-from .jobctx import JobContext, Preempted
-from .spec import Study
+from pisweep.job.context import JobContext, Preempted
+from pisweep.job.paths import JobPaths
+from pisweep.study.spec import Study
 
 log = logging.getLogger("pisweep.eval")
 
 
-def result_dir(run_folder: Path, epoch: int) -> Path:
-    return Path(run_folder) / "evals" / f"epoch_{epoch}"
-
-
-def weights_path(run_folder: Path, epoch: int) -> Path:
-    return Path(run_folder) / "checkpoints" / f"epoch_{epoch}.pt"
-
-
 def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[str], eval_root: str | None,
               nights: str | None, cache_dir: str | None, device: str = "cpu") -> None:
-    from .eval.registry import SUITE_VERSION, get_task
-    from .eval.runner import Evaluator
+    from pisweep.eval.evaluator import Evaluator
+    from pisweep.eval.registry import SUITE_VERSION, get_task
 
     evaluator = Evaluator(study.model.name, study.model.config, Path(eval_root) if eval_root else None,
                           overrides=dict(study.eval.folders), batch_size=study.eval.batch_size,
                           cache_dir=Path(cache_dir) if cache_dir else None, device=device)
     for epoch in sorted(epochs):
-        out = result_dir(ctx.folder, epoch)
+        out = JobPaths(ctx.folder).evals(epoch)
         todo = []
         for task in tasks:
             done = _previous(out / f"{get_task(task).file_stem}.json", SUITE_VERSION)
@@ -50,7 +43,7 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
         for task in todo:
             ctx.emit("eval_state", epoch=epoch, task=task, suite_version=SUITE_VERSION, state="running")
         log.info("evaluating epoch %d on %d tasks", epoch, len(todo))
-        for res in evaluator.evaluate(weights_path(ctx.folder, epoch), todo, out_dir=out):
+        for res in evaluator.evaluate(JobPaths(ctx.folder).weights(epoch), todo, out_dir=out):
             ctx.emit("eval_state", epoch=epoch, task=res.task, suite_version=SUITE_VERSION, state=res.status,
                      reason=res.reason, path=res.json_path or res.path, metrics=_finite(res.metrics),
                      main_metric=res.main_metric)
@@ -79,10 +72,10 @@ def _nights_2afc(ctx: JobContext, study: Study, evaluator, epoch: int, nights: P
     path = out / "nights_2afc.json"
     prev = _previous(path, NIGHTS_VERSION)
     if prev is None:
-        evaluator.load_weights(weights_path(ctx.folder, epoch))
+        evaluator.load_weights(JobPaths(ctx.folder).weights(epoch))
         scores = nights_2afc(evaluator.model, nights, study.stage1.min_votes, evaluator.device,
                              study.eval.batch_size)
-        from .atomic import atomic_write_json
+        from pisweep.atomic import atomic_write_json
 
         atomic_write_json(path, {"metrics": scores, "pisweep": {"suite_version": NIGHTS_VERSION,
                                                                  "main_metric": "nights_val_2afc"}})
@@ -97,9 +90,9 @@ def nights_2afc(model, root: Path, min_votes: int, device: str, batch_size: int 
     """DreamSim's 2AFC score of ``model``'s image embeddings on NIGHTS val and the two test subsets."""
     import torch
 
-    from .data import nights
-    from .train.augment import model_image_size, model_mean_std, nights_transform
-    from .train.stage1 import triplet_distances
+    from pisweep.data import nights
+    from pisweep.train.augment import model_image_size, model_mean_std, nights_transform
+    from pisweep.train.stage1 import triplet_distances
 
     transform = nights_transform(model_image_size(model), *model_mean_std(model))
     scores: dict[str, float] = {}

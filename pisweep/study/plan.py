@@ -6,15 +6,13 @@ not (executor, resources, log paths, loader workers, logging cadence).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import PlanError
-from .spec import Study
+from pisweep.errors import PlanError
+from pisweep.study.spec import Study
 
 UID_LEN = 12
 MAX_JOBS = 100_000  # a grid above these is refused before it is expanded (raise with --max-jobs / --max-evals)
@@ -65,21 +63,11 @@ class RunJob:
 
 
 @dataclass(frozen=True)
-class EvalItem:
-    run_uid: str
-    epoch: int
-    task: str
-
-
-@dataclass(frozen=True)
 class Plan:
     study: str
     inits: tuple[InitJob, ...]
     runs: tuple[RunJob, ...]
     tasks: tuple[str, ...]
-
-    def init_by_uid(self) -> dict[str, InitJob]:
-        return {i.uid: i for i in self.inits}
 
     def run_by_uid(self) -> dict[str, RunJob]:
         return {r.uid: r for r in self.runs}
@@ -91,14 +79,9 @@ class Plan:
     def n_evals(self) -> int:
         return sum(len(r.eval_epochs) for r in self.runs) * len(self.tasks)
 
-    @functools.cached_property
-    def evals(self) -> tuple[EvalItem, ...]:
-        """Every (run, evaluated epoch, task); built on first use (10 M items at 10 000 runs x 32 x 31)."""
-        return tuple(EvalItem(r.uid, e, t) for r in self.runs for e in r.eval_epochs for t in self.tasks)
-
 
 def suite_tasks(study: Study) -> tuple[str, ...]:
-    from .eval.registry import SUITE_KEYS  # pure module: task keys only
+    from pisweep.eval.registry import SUITE_KEYS  # pure module: task keys only
 
     return tuple(SUITE_KEYS) if study.eval.tasks == "paper" else tuple(study.eval.tasks)
 
@@ -183,31 +166,3 @@ def make_plan(study: Study) -> Plan:
                     runs.append(RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
                                        eval_epochs(epochs, study.eval.every), ident))
     return Plan(study.name, tuple(inits.values()), tuple(runs), tasks)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each job keeps its files under the study's output root."""
-
-    root: Path
-
-    def init_dir(self, uid: str) -> Path:
-        return self.root / "inits" / uid
-
-    def run_dir(self, uid: str) -> Path:
-        return self.root / "runs" / uid
-
-    def job_dir(self, kind: str, uid: str) -> Path:
-        return self.init_dir(uid) if kind == "init" else self.run_dir(uid)
-
-    @property
-    def eval_cache(self) -> Path:
-        return self.root / "cache" / "eval"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
-
-
-def default_ledger(study: Study) -> Path:
-    return Path(study.ledger) if study.ledger else Path(study.output_root) / "ledger.sqlite"

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .atomic import atomic_write_json
-from .job.audit import audit
-
-EVENT_DIR = "events"
+from pisweep.atomic import atomic_write_json
+from pisweep.job.audit import audit
+from pisweep.job.paths import JobPaths
 
 # The kinds a job may write, and the fields each carries (besides job, kind, time, attempt).
 KINDS = {
@@ -35,7 +34,7 @@ def attempt_from_env() -> dict[str, Any]:
         job_id = f"{job_id}_{os.environ['SLURM_ARRAY_TASK_ID']}"
     else:
         job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("PISWEEP_JOB_ID") or f"local-{os.getpid()}"
-    restart = int(os.environ.get("SLURM_RESTART_COUNT") or os.environ.get("PISWEEP_RESTART") or 0)
+    restart = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     return {"job_id": job_id, "restart": restart}
 
 
@@ -46,7 +45,7 @@ def write_event(job_folder: Path, job_uid: str, kind: str, attempt: dict[str, An
         raise ValueError(f"unknown event kind {kind!r}")
     now = time.time_ns()
     name = f"{now:020d}-{os.getpid()}-{kind}.json"
-    path = Path(job_folder) / EVENT_DIR / name
+    path = JobPaths(job_folder).events / name
     attempt = attempt if attempt is not None else attempt_from_env()
     atomic_write_json(path, {"job": job_uid, "kind": kind, "time": now / 1e9, "attempt": attempt, "data": data})
     audit(job_folder, kind, attempt, data)
@@ -55,7 +54,7 @@ def write_event(job_folder: Path, job_uid: str, kind: str, attempt: dict[str, An
 
 def read_events(job_folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[tuple[str, dict]]:
     """Yield ``(name, event)`` in time order, skipping names already seen and temp files."""
-    folder = Path(job_folder) / EVENT_DIR
+    folder = JobPaths(job_folder).events
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
     except FileNotFoundError:

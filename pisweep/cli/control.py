@@ -5,11 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .console import err, out, say_err, waiting
+from pisweep.cli.console import err, out, say_err, waiting
 
 
 def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
-    from .studyref import resolve
+    from pisweep.commands.studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=waiting)
     update = {}
@@ -20,8 +20,8 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
     if update:  # resources and executors never change a result: the recorded spec may differ here
         study = ref.study.model_copy(update={"executor": ref.study.executor.model_copy(update=update)})
         ref.study, ref.study_json = study, study.model_dump(mode="json")
-    from . import app
-    from .plan import check_grid_size
+    from pisweep.commands import session as app
+    from pisweep.study.plan import check_grid_size
 
     check_grid_size(ref.study, args.max_jobs, args.max_evals)
     if args.detach and ref.study.executor.name == "local":
@@ -31,9 +31,9 @@ def cmd_submit(args: argparse.Namespace, resume: bool = False) -> int:
 
 
 def _submit(app, ref, args: argparse.Namespace) -> int:
-    from .console import DataProgress, RunReporter
-    from .executors.stopping import StopRequest
-    from .plan import make_plan
+    from pisweep.cli.console import DataProgress, RunReporter
+    from pisweep.executors.stopping import StopRequest
+    from pisweep.study.plan import make_plan
 
     with DataProgress(err) as progress:
         prepared = app.check(ref, progress=progress)
@@ -65,14 +65,14 @@ def _submit(app, ref, args: argparse.Namespace) -> int:
 
 
 def _detach(ref, args: argparse.Namespace) -> int:
-    from .executors.controller import describe, live_controller
-    from .executors.local_control import start_detached
-    from .executors.schedlog import scheduler_log_path
+    from pisweep.executors.controller import describe, live_controller
+    from pisweep.executors.local_control import start_detached
+    from pisweep.executors.schedlog import scheduler_log_path
 
     root = Path(ref.study.output_root)
     busy = live_controller(root)
     if busy:  # refused at once, as the scheduler itself would
-        from .errors import StudyBusy
+        from pisweep.errors import StudyBusy
 
         raise StudyBusy(f"study {ref.study.name!r} is already being run by {describe(busy)}; follow it with "
                         f"`pisweep attach {ref.study.name}`")
@@ -88,10 +88,10 @@ def _detach(ref, args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from .executors.controller import describe, live_controller
-    from .executors.local_control import follow, last_line
-    from .executors.schedlog import scheduler_log_path
-    from .studyref import resolve
+    from pisweep.commands.studyref import resolve
+    from pisweep.executors.controller import describe, live_controller
+    from pisweep.executors.local_control import follow, last_line
+    from pisweep.executors.schedlog import scheduler_log_path
 
     ref = resolve(args.study, args.ledger, submitted=True)
     root = Path(ref.study.output_root)
@@ -126,8 +126,8 @@ def _submit_slurm(app, s, prepared) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from . import app
-    from .studyref import resolve
+    from pisweep.commands import session as app
+    from pisweep.commands.studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=waiting, submitted=True)
     with app.open_session(ref, on_wait=waiting) as s:

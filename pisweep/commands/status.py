@@ -6,10 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .app import Session, reconcile_with_snapshot, slurm_executor
-from .datapaths import resolve
-from .ledger.queries import (disk_total, disk_use, eval_counts, eval_state_counts_by_job, init_val_2afc,
-                             last_main_metric)
+from pisweep.commands.session import Session, reconcile_with_snapshot, slurm_executor
+from pisweep.ledger.queries import (
+    disk_total,
+    disk_use,
+    eval_counts,
+    eval_state_counts_by_job,
+    init_val_2afc,
+    last_main_metric,
+)
+from pisweep.study.datapaths import resolve
 
 STATUS_LIMIT = 40  # cells listed one by one; beyond that, a summary per group and the most relevant cells
 _RELEVANCE = {"failed": 0, "blocked": 1, "vanished": 2, "running": 3, "preempted": 4, "stopped": 4, "timeout": 5,
@@ -63,7 +69,7 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
         reconcile_with_snapshot(s)
         ex.heal_evals()
     jobs = reconcile_with_snapshot(s)[1].jobs
-    from .eval.registry import coverage
+    from pisweep.eval.registry import coverage
 
     present, missing = (coverage(Path(paths.eval_root), list(s.plan.tasks), dict(s.ref.study.eval.folders))
                         if paths.eval_root else ([], {t: "(no eval_root)" for t in s.plan.tasks}))
@@ -93,8 +99,8 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     init_2afc = init_val_2afc(s.ledger, [c["uid"] for c in shown if c["kind"] == "init"])
     counts = eval_counts(s.ledger, s.name, s.suite_version, uids)
     disk = disk_use(s.ledger, s.name, uids)
-    from .executors.controller import live_controller
-    from .executors.local_control import live_jobs
+    from pisweep.executors.controller import live_controller
+    from pisweep.executors.local_control import live_jobs
 
     data.controller = live_controller(s.layout.root)
     live = {}

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .plan import Plan
-from .spec import Study
+from pisweep.study.plan import Plan
+from pisweep.study.spec import Study
 
 
 def model_config(study: Study) -> dict[str, Any] | None:

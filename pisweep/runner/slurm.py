@@ -7,7 +7,7 @@ retry budget. A train job also submits the eval job of each epoch checkpoint it 
 no pisweep command running.
 
 A train job of several ranks (nodes x max(1, GPUs per node) > 1) runs one SLURM task per node; each task runs the
-node launcher (pisweep.launch), which starts the node's ranks with torchrun semantics (rendezvous on the first
+node launcher (runner/launch.py), which starts the node's ranks with torchrun semantics (rendezvous on the first
 host, port derived from the job id). The ranks get this task as JSON (PISWEEP_SLURM_TASK) for the stop outcome
 and the eval submissions of rank 0; the requeue decision stays here, on node 0.
 """
@@ -24,6 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pisweep.atomic import atomic_write_json
+from pisweep.eval.registry import SUITE_VERSION
+from pisweep.job.contract import ENV_SLURM_TASK, EXIT_FAILED, EXIT_STOPPED, JobFile, job_file_path
+from pisweep.job.events import write_event
+from pisweep.job.paths import JobPaths
+from pisweep.runner.launch import launch_job, slurm_spec
+from pisweep.runner.run import run_job_file
 
 log = logging.getLogger("pisweep.slurm")
 
@@ -48,7 +56,6 @@ class SlurmTask:
         early: list[int] = []  # signals before the job's own handlers: replayed by run_job_file / the launcher
         for sig in (signal.SIGUSR2, signal.SIGTERM):  # replace submitit's handlers before anything else
             signal.signal(sig, lambda s, f: early.append(s))
-        from ..jobs import EXIT_FAILED, EXIT_STOPPED, JobFile, run_job_file
 
         job = JobFile.read(Path(self.job_file))
         per_node = ranks_per_node(job)
@@ -68,16 +75,12 @@ class SlurmTask:
 
     def _launch(self, job, per_node: int, early: list[int]) -> int:
         """This node's launcher; its ranks act for this task (stop outcome, eval submissions of rank 0)."""
-        from ..jobs import ENV_SLURM_TASK
-        from ..launch import launch_job, slurm_spec
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             stream=sys.stdout, force=True)
         spec = slurm_spec(per_node)
         tag = f"{os.environ.get('SLURM_JOB_ID', 'x')}-{os.environ.get('SLURM_RESTART_COUNT', '0')}-{spec.node_rank}"
-        task_file = Path(job.folder) / "jobs" / f"slurm-task-{tag}.json"
-        from ..atomic import atomic_write_json
-
+        task_file = JobPaths(job.folder).slurm_task_file(tag)
         atomic_write_json(task_file, dataclasses.asdict(self))
         result = launch_job(Path(self.job_file), spec, {ENV_SLURM_TASK: str(task_file)}, early=early)
         return result.code
@@ -124,16 +127,11 @@ class SlurmTask:
             epoch = int(data["epoch"])
             if epoch not in self.eval_submit["epochs"]:
                 return
-            from .slurm import submit_eval_from_job
-
             try:
                 job_id = submit_eval_from_job(job, epoch, self.eval_submit)
             except Exception as e:  # noqa: BLE001 - training goes on; status/resume heal a lost submission
                 log.warning("could not submit the eval job of epoch %d: %s", epoch, e)
                 return
-            from ..events import write_event
-            from ..eval.registry import SUITE_VERSION
-
             for task in self.eval_submit["tasks"]:
                 write_event(Path(job.folder), job.uid, "eval_state", None, epoch=epoch, task=task,
                             suite_version=SUITE_VERSION, state="queued", reason=f"slurm job {job_id}")
@@ -141,7 +139,7 @@ class SlurmTask:
 
 
 def rank_callbacks(task_file: Path, job) -> tuple:
-    """(stop_outcome, hooks) for a rank started by this task's launcher (see pisweep.jobs.main)."""
+    """(stop_outcome, hooks) for a rank started by this task's launcher (see pisweep.runner.entry.main)."""
     task = SlurmTask(**json.loads(Path(task_file).read_text()))
     hooks = [task._eval_hook(job)] if task.eval_submit and job.kind == "train" else []
     return task.stop_outcome, hooks
@@ -207,7 +205,7 @@ def _duration(text: str) -> float | None:
 
 def _last_ended(folder: Path) -> dict[str, Any]:
     """The data of this job's last attempt_ended event ({} if none)."""
-    ended = sorted((folder / "events").glob("*-attempt_ended.json"))
+    ended = sorted(JobPaths(folder).events.glob("*-attempt_ended.json"))
     try:
         return dict(json.loads(ended[-1].read_text())["data"]) if ended else {}
     except (OSError, ValueError, KeyError, TypeError):
@@ -221,9 +219,42 @@ def _last_reason(folder: Path) -> str:
 def _outcomes(folder: Path) -> list[str]:
     """The outcomes of this job's attempts so far, from its own events (jobs never read the ledger)."""
     out = []
-    for path in sorted((folder / "events").glob("*-attempt_ended.json")):
+    for path in sorted(JobPaths(folder).events.glob("*-attempt_ended.json")):
         try:
             out.append(json.loads(path.read_text())["data"]["outcome"])
         except (OSError, ValueError, KeyError):
             continue
     return out
+
+
+# -- submitting from inside a job -----------------------------------------------------------------------------------
+def make_executor(folder: Path, params: dict[str, Any]):
+    """A submitit SLURM executor with these parameters (the submit side and a train job's eval submissions)."""
+    import submitit
+
+    ex = submitit.SlurmExecutor(folder=str(folder), python=sys.executable)
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit_eval_from_job(job: JobFile, epoch: int, spec: dict[str, Any]) -> str:
+    """Called inside a train job when an epoch checkpoint is complete: submit that epoch's eval job."""
+    jf = JobFile("eval", job.uid, job.folder, spec["study_json"],
+                 {"epochs": [epoch], "tasks": spec["tasks"], "eval_root": spec["eval_root"], "nights": spec["nights"],
+                  "cache_dir": spec["cache_dir"]})
+    path = jf.write(job_file_path(job.folder, "eval", f"slurm-e{epoch}-{time.time_ns()}"))
+    from submitit.helpers import clean_env
+
+    # sbatch passes our environment on: without this, an eval submitted from an array element inherits
+    # SLURM_ARRAY_JOB_ID/TASK_ID (submitit then waits for the parent's pickle and the job dies, submitit #1782),
+    # CPU binding and memory forms sbatch may reject, and this job's own identity (attempt, launcher, task file).
+    with clean_env(extra_names=IN_JOB_ENV):
+        submitted = make_executor(Path(spec["folder"]), spec["params"]).submit(
+            SlurmTask(str(path), 0, 0, spec["signal_delay_s"]))
+    return str(submitted.job_id)
+
+
+#: What identifies the job that runs now (its attempt, its launcher, its threads): never inherited by a job it
+#: submits. (SLURM_*, SRUN_*, SBATCH_*, SUBMITIT_* and torchrun's rank variables go too: clean_env.)
+IN_JOB_ENV = ("PISWEEP_JOB_ID", "PISWEEP_LAUNCH_DIR", "PISWEEP_SLURM_TASK",
+              "PISWEEP_CONTROLLER_PID", "PISWEEP_THREADS")

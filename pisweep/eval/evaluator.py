@@ -10,18 +10,18 @@ from __future__ import annotations
 import io
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_open, atomic_write_json
-from ..errors import DataError, EvalError
-from . import registry
-from .datasets import MissingData, TaskData, load_task
-from .imagecache import DEFAULT_CACHE_MAX_BYTES, ImageCache
-from .zeroshot import CachedTokenizer, evaluate_task
+from pisweep.atomic import atomic_open, atomic_write_json
+from pisweep.errors import DataError, EvalError
+from pisweep.eval import registry
+from pisweep.eval.datasets import MissingData, TaskData, load_task
+from pisweep.eval.imagecache import DEFAULT_CACHE_MAX_BYTES, ImageCache
+from pisweep.eval.zeroshot import CachedTokenizer, evaluate_task
 
 DONE, MISSING, FAILED = "done", "missing_data", "failed"
 #: progress(task key, stage, done, total); stage: "load", "cache", "classifier", "images" or a final status.
@@ -41,9 +41,6 @@ class TaskResult:
     json_path: str | None = None
     n_examples: int | None = None
     seconds: float | None = None  # wall time, informational; never written into result files
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -74,7 +71,7 @@ class Evaluator:
                  num_workers: int = 0, text_batch_size: int | None = None, progress: ProgressFn | None = None):
         import torch
 
-        from ..models import create_model  # imports open_clip: only when an evaluator is built
+        from pisweep.models import create_model  # imports open_clip: only when an evaluator is built
 
         self.model_name, self.model_config = model_name, model_config
         self.eval_root = Path(eval_root) if eval_root is not None else None

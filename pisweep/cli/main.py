@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli_control import cmd_attach, cmd_cancel, cmd_resume, cmd_submit
-from .console import err, out, say_err, waiting
-from .errors import PisweepError, ReportWriteError
-from .states import JOB_STATES
+from pisweep.cli.console import err, out, say_err, waiting
+from pisweep.cli.control import cmd_attach, cmd_cancel, cmd_resume, cmd_submit
+from pisweep.errors import PisweepError, ReportWriteError
+from pisweep.states import JOB_STATES
 
 
 def _ledger_arg(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _limit_args(p: argparse.ArgumentParser) -> None:
-    from .plan import MAX_EVALS, MAX_JOBS
+    from pisweep.study.plan import MAX_EVALS, MAX_JOBS
 
     p.add_argument("--max-jobs", type=int, default=MAX_JOBS, metavar="N",
                    help=f"refuse a grid of more jobs than this before expanding it (default {MAX_JOBS:,})")
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     finally:
-        from .executors.stopping import stdout_closed
+        from pisweep.executors.stopping import stdout_closed
 
         if stdout_closed():  # the reader left: what is still buffered must not turn the exit status into 120
             _quiet_stdout()
@@ -168,8 +168,8 @@ def _quiet_stdout() -> None:
 
 # -- commands -------------------------------------------------------------------------------------------------------
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import check_grid_size, make_plan
-    from .studyref import resolve
+    from pisweep.commands.studyref import resolve
+    from pisweep.study.plan import check_grid_size, make_plan
 
     ref = resolve(args.study)
     check_grid_size(ref.study, args.max_jobs, args.max_evals)
@@ -178,7 +178,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
     else:
-        from .console import plan_table
+        from pisweep.cli.console import plan_table
 
         out.print(plan_table(data))
         out.print(f"evals: {plan.n_evals} (runs × evaluated epochs × {len(plan.tasks)} tasks)")
@@ -193,9 +193,9 @@ def plan_json(plan) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import app
-    from .status import status
-    from .studyref import resolve
+    from pisweep.commands import session as app
+    from pisweep.commands.status import status
+    from pisweep.commands.studyref import resolve
 
     ref = resolve(args.study, args.ledger, on_wait=waiting, submitted=True)
     with app.open_session(ref, on_wait=waiting, read=True) as s:
@@ -204,8 +204,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    from .console import fmt_bytes, status_table
-    from .report.render_terminal import status_groups_table
+    from pisweep.cli.console import fmt_bytes, status_table
+    from pisweep.report.render_terminal import status_groups_table
 
     if data["cells_hidden"]:
         out.print(status_groups_table(data))
@@ -218,7 +218,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.print(f"no cell is {args.state}")
     ctl = data["controller"]
     if ctl:
-        from .executors.controller import describe
+        from pisweep.executors.controller import describe
 
         out.print(f"scheduler: {describe(ctl)}; follow it with `pisweep attach {ref.study.name}`")
     elif ref.study.executor.name == "local" and any(c["state"] not in ("completed",) for c in data["cells"]):
@@ -235,12 +235,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import app
-    from .report.analysis import Options, check_options
-    from .report.build import build_report
-    from .report.data import write_metric_rows
-    from .report.export import to_json, to_markdown, write_text
-    from .studyref import resolve
+    from pisweep.commands import session as app
+    from pisweep.commands.studyref import resolve
+    from pisweep.report.analysis import Options, check_options
+    from pisweep.report.build import build_report
+    from pisweep.report.data import write_metric_rows
+    from pisweep.report.export import to_json, to_markdown, write_text
 
     ref = resolve(args.study, args.ledger, on_wait=waiting, submitted=True)
     full = bool(args.json or args.html or args.md)
@@ -252,11 +252,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         rep = build_report(s.ledger, ref.study, s.plan, s.suite_version, opts)
         rows = None
         if args.csv:
-            from .report.data import load_study
+            from pisweep.report.data import load_study
 
             rows = write_metric_rows(load_study(s.ledger, ref.study, s.plan, s.suite_version, opts.main_task),
                                      Path(args.csv))
-    from .report import figures
+    from pisweep.report import figures
 
     # The PNG of the main benchmark: asked for, or with --json (scripts get its path); the terminal report
     # stays fast on large studies without it.
@@ -272,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             err.print(f"no plot: cannot write {plot_path} ({e.strerror}); give --plot FILE", style="yellow")
     written = []
     if args.html:
-        from .report.html import to_html
+        from pisweep.report.html import to_html
 
         written.append(f"html {write_text(Path(args.html), to_html(rep))}")
     if args.md:
@@ -284,7 +284,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         for line in written:
             err.print(f"wrote {line}")
         return 0
-    from .report.render_terminal import report_renderables
+    from pisweep.report.render_terminal import report_renderables
 
     for item in report_renderables(rep):
         out.print(item)
@@ -295,7 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def write_bytes(path: Path, data: bytes) -> Path:
-    from .atomic import atomic_write_bytes
+    from pisweep.atomic import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
@@ -303,9 +303,9 @@ def write_bytes(path: Path, data: bytes) -> Path:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from . import app
-    from .errors import StudyNotFound
-    from .studyref import resolve
+    from pisweep.commands import session as app
+    from pisweep.commands.studyref import resolve
+    from pisweep.errors import StudyNotFound
 
     ref = resolve(args.study, args.ledger, on_wait=waiting, submitted=True)
     with app.open_session(ref, on_wait=waiting, read=True) as s:  # reads only: never waits for a scheduler
@@ -321,8 +321,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .console import DataProgress
-    from .data.synth import SynthConfig, synthesize
+    from pisweep.cli.console import DataProgress
+    from pisweep.data.synth import SynthConfig, synthesize
 
     kw: dict[str, Any] = {"seed": args.seed}
     if args.nights_triplets:
@@ -337,11 +337,10 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval.registry import SUITE_KEYS
-    from .eval.runner import evaluate_checkpoint
-
-    from .errors import SpecError
-    from .names import is_name
+    from pisweep.errors import SpecError
+    from pisweep.eval.evaluator import evaluate_checkpoint
+    from pisweep.eval.registry import SUITE_KEYS
+    from pisweep.study.names import is_name
 
     config = json.loads(Path(args.model_config).read_text()) if args.model_config else None
     tasks = args.tasks or list(SUITE_KEYS)

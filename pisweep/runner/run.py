@@ -1,17 +1,16 @@
-"""The in-job entry point, the same for every executor: ``python -m pisweep.jobs JOB.json``.
+"""Run one job file as one rank: the same for every executor (runner/entry.py decides that this process is one).
 
-A job file names the kind (init, train, eval), the job's uid and folder, the study (as validated JSON) and the
-job's parameters, with every data path already resolved. The job reports through events only; it never opens the
-ledger. Exit codes: 0 completed, 3 stopped on request (state saved), 1 failed.
+A job file (job/contract.py) names the kind (init, train, eval), the job's uid and folder, the study (as validated
+JSON) and the job's parameters, with every data path already resolved. The job reports through events only; it
+never opens the ledger. Exit codes: 0 completed, 3 stopped on request (state saved), 1 failed.
 
-Under the node launcher (pisweep.launch) this is one rank: RANK, WORLD_SIZE and LOCAL_RANK come from torchrun's
+Under the node launcher (runner/launch.py) this is one rank: RANK, WORLD_SIZE and LOCAL_RANK come from torchrun's
 environment, the device is ``cuda:LOCAL_RANK`` (or the CPU), and only rank 0 writes events. A rank reports its
 exit code in the launcher's folder and exits 0 when stopped, so that the launcher's agent does not take a saved,
-stopped rank for a failed one (see launch.py).
+stopped rank for a failed one.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -23,34 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import atomic_write_json
-from .errors import PisweepError
-from .job.liveness import take_cancel_marker, watch_controller
-from .jobctx import JobContext, Preempted, signal_label
+from pisweep.atomic import atomic_write_json
+from pisweep.errors import PisweepError
+from pisweep.job.context import JobContext, Preempted, signal_label
+from pisweep.job.contract import ENV_LAUNCH_DIR, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, JobFile
+from pisweep.job.liveness import take_cancel_marker
+from pisweep.job.paths import JobPaths
 
 log = logging.getLogger("pisweep.job")
-EXIT_OK, EXIT_FAILED, EXIT_STOPPED = 0, 1, 3
-ENV_LAUNCH_DIR = "PISWEEP_LAUNCH_DIR"  # set by pisweep.launch for its ranks: where they report their exit code
-ENV_SLURM_TASK = "PISWEEP_SLURM_TASK"  # set by a SLURM job's launcher: the SlurmTask (JSON) its ranks act for
 TEARDOWN_LIMIT_S = 120.0  # a rank whose process-group teardown hangs longer exits anyway (its events are written)
-_STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
-
-
-@dataclass(frozen=True)
-class JobFile:
-    kind: str  # init | train | eval
-    uid: str  # the job whose folder receives the events (an eval job reports into its run)
-    folder: str
-    study: dict[str, Any]
-    params: dict[str, Any]
-
-    def write(self, path: Path) -> Path:
-        atomic_write_json(path, self.__dict__)
-        return path
-
-    @classmethod
-    def read(cls, path: Path) -> "JobFile":
-        return cls(**json.loads(Path(path).read_text()))
 
 
 @dataclass(frozen=True)
@@ -75,46 +55,10 @@ class RankEnv:
         return max(1, self.world_size // max(1, self.local_world_size))
 
 
-def main(argv: list[str] | None = None) -> int:
-    early = _catch_stop_signals()  # first thing: a stop signal from here on is kept, never fatal
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m pisweep.jobs JOB.json\n")
-        return 2
-    path = Path(argv[0])
-    launched = bool(os.environ.get(ENV_LAUNCH_DIR))
-    if not launched:
-        watch_controller()  # the top process of a local job stops when its controller dies (job/liveness.py)
-        ranks = local_ranks(JobFile.read(path))
-        if ranks > 1:
-            from .launch import LaunchSpec, launch_job
-
-            return launch_job(path, LaunchSpec(nproc_per_node=ranks), early=early).code
-    stop_outcome, hooks = None, None
-    if os.environ.get(ENV_SLURM_TASK):
-        from .executors.slurm_job import rank_callbacks
-
-        stop_outcome, hooks = rank_callbacks(Path(os.environ[ENV_SLURM_TASK]), JobFile.read(path))
-    code = run_job_file(path, stop_outcome=stop_outcome, hooks=hooks, early_signals=early)
-    for sig in _STOP_SIGNALS:  # the outcome is recorded: a stop signal now must not turn the exit into a kill
-        signal.signal(sig, signal.SIG_IGN)
-    return process_exit_code(code)
-
-
 def local_stop_outcome(signal_name: str | None) -> str:
     """Outside SLURM: SIGUSR2 is a preemption; any other stop (the controller's SIGTERM, Ctrl-C, a cancel, a lost
     controller) is ``stopped``. Both saved their state; neither counts against the retry budget."""
     return "preempted" if (signal_name or "").startswith("SIGUSR2") else "stopped"
-
-
-def local_ranks(job: JobFile) -> int:
-    """Ranks of a train job run by the local executor: ``executor.train.gpus_per_node`` when above 1, else 1.
-
-    (On one machine ``nodes`` is ignored; under SLURM the job's shape decides, see executors/slurm_job.py.)"""
-    if job.kind != "train" or os.environ.get("PISWEEP_EXECUTOR", "local") != "local":
-        return 1
-    train = (job.study.get("executor") or {}).get("train") or {}
-    return max(1, int(train.get("gpus_per_node") or 0))
 
 
 def process_exit_code(code: int) -> int:
@@ -153,7 +97,7 @@ def run_job_file(path: Path, stop_outcome: Callable[[], str] | None = None,
                  pid=os.getpid(), world_size=ctx.world_size, nodes=env.nodes)
     try:
         if env.world_size > 1:
-            from .train.runtime import init_distributed
+            from pisweep.train.runtime import init_distributed
 
             init_distributed(device)
         dispatch(job, ctx, device)
@@ -184,22 +128,22 @@ def run_job_file(path: Path, stop_outcome: Callable[[], str] | None = None,
 
 
 def dispatch(job: JobFile, ctx: JobContext, device: str | None = None) -> None:
-    from .spec_load import study_from_json
+    from pisweep.study.load import study_from_json
 
     study = study_from_json(job.study)
     p = job.params
     device = device or ("cuda" if _cuda() else "cpu")
     if job.kind == "init":
-        from .train.stage1 import run_stage1
+        from pisweep.train.stage1 import run_stage1
 
         run_stage1(ctx, study, p["method"], p["seed"], Path(p["nights"]), device=device)
     elif job.kind == "train":
-        from .train.stage2 import run_stage2
+        from pisweep.train.stage2 import run_stage2
 
         run_stage2(ctx, study, init=p["init"], init_weights=Path(p["init_weights"]) if p.get("init_weights") else None,
                    shards=p["shards"], samples=p["samples"], epochs=p["epochs"], seed=p["seed"], device=device)
     elif job.kind == "eval":
-        from .eval_job import run_evals
+        from pisweep.runner.evals import run_evals
 
         run_evals(ctx, study, epochs=p["epochs"], tasks=p["tasks"], eval_root=p.get("eval_root"),
                   nights=p.get("nights"), cache_dir=p.get("cache_dir"), device=device)
@@ -208,18 +152,10 @@ def dispatch(job: JobFile, ctx: JobContext, device: str | None = None) -> None:
 
 
 def write_provenance(ctx: JobContext) -> None:
-    from .provenance import collect
+    from pisweep.runner.provenance import collect
 
     att = ctx.attempt
-    atomic_write_json(ctx.folder / "provenance" / f"{att['job_id']}-{att['restart']}.json", collect())
-
-
-def _catch_stop_signals() -> list[int]:
-    """Until the job context takes over, remember stop signals (a signal's default action would kill us)."""
-    caught: list[int] = []
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, lambda s, f: caught.append(s))
-    return caught
+    atomic_write_json(JobPaths(ctx.folder).provenance(att["job_id"], att["restart"]), collect())
 
 
 def _report_code(env: RankEnv, code: int) -> None:
@@ -230,7 +166,7 @@ def _report_code(env: RankEnv, code: int) -> None:
 
 def _leave_process_group(code: int) -> None:
     """Tear the process group down; should gloo hang there, exit anyway after TEARDOWN_LIMIT_S."""
-    from .train.runtime import teardown_distributed
+    from pisweep.train.runtime import teardown_distributed
 
     def stuck() -> None:
         log.error("process-group teardown hung for %.0f s; exiting", TEARDOWN_LIMIT_S)
@@ -269,6 +205,3 @@ def _cuda() -> bool:
 
     return torch.cuda.is_available()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,9 +15,11 @@ from PIL import Image
 
 from pisweep.errors import EvalError
 from pisweep.eval import datasets as D
+from pisweep.eval import evaluator
+from pisweep.eval import imagecache as C
 from pisweep.eval import metrics as M
 from pisweep.eval import registry as R
-from pisweep.eval import runner
+from pisweep.eval import tarsamples as T
 from pisweep.models import TINY_CONFIG, create_model, save_weights
 
 MODEL = "pisweep-tiny"
@@ -96,7 +98,7 @@ TASKS = ["imagenet1k", "cifar10", FLICKR, "imagenet-a", "vtab/pets", "wds_foo"]
 
 
 def run(eval_root, ckpt, out_dir=None, **kw):
-    return runner.evaluate_checkpoint(ckpt, MODEL, TINY_CONFIG, eval_root, TASKS, out_dir=out_dir, batch_size=8,
+    return evaluator.evaluate_checkpoint(ckpt, MODEL, TINY_CONFIG, eval_root, TASKS, out_dir=out_dir, batch_size=8,
                                       device="cpu", **kw)
 
 
@@ -128,7 +130,7 @@ def test_output_files_and_aggregates_recomputed_from_per_example(first_run):
         doc = json.loads(Path(r.json_path).read_text())
         assert set(doc) == {"dataset", "model", "pretrained", "task", "metrics", "language", "pisweep"}
         assert doc["language"] == "en" and doc["model"] == MODEL
-        per = runner.read_per_example(Path(r.per_example_path))
+        per = evaluator.read_per_example(Path(r.per_example_path))
         kind = R.RETRIEVAL if r.task == FLICKR else R.CLASSIFICATION
         again = M.aggregate_retrieval(per) if kind == R.RETRIEVAL else M.aggregate_classification(per)
         assert set(again) == set(R.metric_names(kind)) == set(doc["metrics"])
@@ -136,9 +138,9 @@ def test_output_files_and_aggregates_recomputed_from_per_example(first_run):
             assert (math.isnan(v) and math.isnan(doc["metrics"][k])) or v == doc["metrics"][k] == r.metrics[k]
     assert json.loads((out / "cifar10.json").read_text())["dataset"] == "wds/vtab/cifar10"
     assert (out / "retrieval-flickr_1k_test_image_text_retrieval.npz").is_file()
-    per = runner.read_per_example(out / "imagenet1k.npz")
+    per = evaluator.read_per_example(out / "imagenet1k.npz")
     assert per["target"].tolist() == [i % 6 for i in range(30)]  # file order, across both shards
-    flickr = runner.read_per_example(out / "retrieval-flickr_1k_test_image_text_retrieval.npz")
+    flickr = evaluator.read_per_example(out / "retrieval-flickr_1k_test_image_text_retrieval.npz")
     assert flickr["text_image_index"].tolist() == [i for i in range(9) for _ in range(5)]
 
 
@@ -163,7 +165,7 @@ def test_matches_a_direct_numpy_computation(first_run, eval_root, checkpoints):
         clf = np.stack([M.class_embedding(model.encode_text(tok([t.format(c=c) for t in data.info.templates])).numpy())
                         for c in data.info.classnames], axis=1)
     direct = M.classification_per_example(M.zero_shot_logits(feats, clf), data.labels)
-    saved = runner.read_per_example(out / "imagenet1k.npz")
+    saved = evaluator.read_per_example(out / "imagenet1k.npz")
     for k in ("target", "pred", "top5"):
         np.testing.assert_array_equal(direct[k], saved[k])
     assert len(set(saved["pred"].tolist())) > 1  # not a degenerate constant prediction
@@ -171,13 +173,13 @@ def test_matches_a_direct_numpy_computation(first_run, eval_root, checkpoints):
 
 def test_warm_evaluator_reloads_weights(first_run, eval_root, checkpoints, tmp_path):
     out1, _ = first_run
-    ev = runner.Evaluator(MODEL, TINY_CONFIG, eval_root, batch_size=8, device="cpu")
+    ev = evaluator.Evaluator(MODEL, TINY_CONFIG, eval_root, batch_size=8, device="cpu")
     warm0 = ev.evaluate(checkpoints[1], ["imagenet1k", FLICKR], tmp_path / "a")
     warm1 = ev.evaluate(checkpoints[0], ["imagenet1k", FLICKR], tmp_path / "b")
     for name in ("imagenet1k.npz", "retrieval-flickr_1k_test_image_text_retrieval.npz"):
         assert (tmp_path / "b" / name).read_bytes() == (out1 / name).read_bytes()
-    a = runner.read_per_example(tmp_path / "a" / "imagenet1k.npz")
-    b = runner.read_per_example(tmp_path / "b" / "imagenet1k.npz")
+    a = evaluator.read_per_example(tmp_path / "a" / "imagenet1k.npz")
+    b = evaluator.read_per_example(tmp_path / "b" / "imagenet1k.npz")
     assert not np.array_equal(a["pred"], b["pred"]) or warm0[1].metrics != warm1[1].metrics
 
 
@@ -200,12 +202,12 @@ def test_cache_batches_equal_decoded_batches_and_cap(eval_root, tmp_path):
     *_, preprocess, _ = create_model(MODEL, TINY_CONFIG)
     folder = eval_root / "wds_vtab-cifar10"
     plain = D.load_task(folder, preprocess)
-    cached = D.load_task(folder, preprocess, D.ImageCache(tmp_path / "c"))
+    cached = D.load_task(folder, preprocess, C.ImageCache(tmp_path / "c"))
     assert cached.cached and not plain.cached
     for x, y in zip(plain.image_batches(5), cached.image_batches(5), strict=True):
         assert torch.equal(x, y)
     np.testing.assert_array_equal(plain.labels, cached.labels)
-    capped = D.load_task(folder, preprocess, D.ImageCache(tmp_path / "small", max_bytes=1000))
+    capped = D.load_task(folder, preprocess, C.ImageCache(tmp_path / "small", max_bytes=1000))
     assert not capped.cached and not any((tmp_path / "small").iterdir())
 
 
@@ -214,7 +216,7 @@ def test_worker_processes_keep_file_order(eval_root, tmp_path):
     folder = eval_root / "wds_imagenet1k"
     plain = torch.cat(list(D.load_task(folder, preprocess).image_batches(7)))
     workers = torch.cat(list(D.load_task(folder, preprocess).image_batches(7, num_workers=2)))
-    built = D.load_task(folder, preprocess, D.ImageCache(tmp_path), num_workers=2)
+    built = D.load_task(folder, preprocess, C.ImageCache(tmp_path), num_workers=2)
     assert built.cached and torch.equal(plain, workers) and torch.equal(plain, torch.cat(list(built.image_batches(7))))
 
 
@@ -222,7 +224,7 @@ def test_cache_of_an_unsplittable_transform_stores_floats(eval_root, tmp_path):
     *_, preprocess, _ = create_model(MODEL, TINY_CONFIG)
     opaque = lambda img: preprocess(img)  # noqa: E731  no ToTensor to split at: whole tensors are cached
     folder = eval_root / "wds_vtab-cifar10"
-    cached = D.load_task(folder, opaque, D.ImageCache(tmp_path))
+    cached = D.load_task(folder, opaque, C.ImageCache(tmp_path))
     entry = next(p for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert cached.cached and json.loads((entry / "meta.json").read_text())["mode"] == "float32"
     plain = torch.cat(list(D.load_task(folder, preprocess).image_batches(5)))
@@ -230,7 +232,7 @@ def test_cache_of_an_unsplittable_transform_stores_floats(eval_root, tmp_path):
 
 
 def test_amp_runs(eval_root, checkpoints):
-    res = runner.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, eval_root, ["cifar10", FLICKR], device="cpu",
+    res = evaluator.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, eval_root, ["cifar10", FLICKR], device="cpu",
                                      amp=True)
     assert [r.status for r in res] == ["done", "done"]
 
@@ -238,12 +240,12 @@ def test_amp_runs(eval_root, checkpoints):
 def test_cache_build_race_keeps_one_entry(eval_root, tmp_path):
     *_, preprocess, _ = create_model(MODEL, TINY_CONFIG)
     info = D.read_folder(eval_root / "wds_flickr30k")
-    index = D.index_samples(info)
-    cache = D.ImageCache(tmp_path)
-    fp = D.fingerprint_for(info.folder, info.shards, preprocess, info.kind)
+    index = T.index_samples(info.shards, info.kind, info.folder)
+    cache = C.ImageCache(tmp_path)
+    fp = C.fingerprint_for(info.folder, info.shards, preprocess, info.kind)
 
     def source(fn):
-        return D.ShardImages(info.shards, index.images, fn)
+        return T.ShardImages(info.shards, index.images, fn)
 
     first = cache.build(fp, index, source, preprocess)
     second = cache.build(fp, index, source, preprocess)  # loses the rename race: uses the winner's entry
@@ -273,14 +275,14 @@ def test_malformed_folders_raise_naming_the_file(eval_root, tmp_path):
 def test_label_beyond_class_names_fails_only_that_task(eval_root, checkpoints, tmp_path):
     write_folder(tmp_path, "wds_mnist", n=4, shards=1, ext="png", classnames=["zero", "one"], labels=[0, 1, 2, 1])
     (tmp_path / "wds_gtsrb").symlink_to(eval_root / "wds_foo")
-    res = runner.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, tmp_path, ["mnist", "gtsrb", "nights_2afc"],
+    res = evaluator.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, tmp_path, ["mnist", "gtsrb", "nights_2afc"],
                                      device="cpu")
     assert [r.status for r in res] == ["failed", "done", "failed"]
     assert "label 2" in res[0].reason and "nights_2afc" in res[2].reason
 
 
 def test_no_eval_root_means_missing_data_unless_an_absolute_override(eval_root, checkpoints):
-    res = runner.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, None, ["imagenet1k", "cifar10"], device="cpu",
+    res = evaluator.evaluate_checkpoint(checkpoints[0], MODEL, TINY_CONFIG, None, ["imagenet1k", "cifar10"], device="cpu",
                                      overrides={"cifar10": str(eval_root / "wds_vtab-cifar10")})
     assert [r.status for r in res] == ["missing_data", "done"]
     assert "no eval data root" in res[0].reason
@@ -290,11 +292,11 @@ def test_bad_checkpoint_is_an_eval_error(eval_root, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
     with pytest.raises(EvalError, match="bad.pt"):
-        runner.evaluate_checkpoint(bad, MODEL, TINY_CONFIG, eval_root, ["imagenet1k"], device="cpu")
+        evaluator.evaluate_checkpoint(bad, MODEL, TINY_CONFIG, eval_root, ["imagenet1k"], device="cpu")
     with pytest.raises(EvalError, match="not found"):
-        runner.evaluate_checkpoint(tmp_path / "none.pt", MODEL, TINY_CONFIG, eval_root, ["imagenet1k"], device="cpu")
+        evaluator.evaluate_checkpoint(tmp_path / "none.pt", MODEL, TINY_CONFIG, eval_root, ["imagenet1k"], device="cpu")
 
 
 def test_available_folders(eval_root):
-    assert runner.available_folders(eval_root) == ["wds_flickr30k", "wds_foo", "wds_imagenet1k", "wds_vtab-cifar10",
+    assert evaluator.available_folders(eval_root) == ["wds_flickr30k", "wds_foo", "wds_imagenet1k", "wds_vtab-cifar10",
                                                    "wds_vtab-pets"]

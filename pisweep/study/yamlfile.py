@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecError
+from pisweep.errors import SpecError
 
 
 class _DuplicateKey(yaml.YAMLError):

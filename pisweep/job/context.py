@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .events import attempt_from_env, write_event
-from .job.liveness import controller_lost
+from pisweep.job.events import attempt_from_env, write_event
+from pisweep.job.liveness import controller_lost
 
 log = logging.getLogger("pisweep.job")
 
@@ -55,6 +55,12 @@ class JobContext:
     def should_stop(self) -> bool:
         return self._stop.is_set()
 
+    def pause_point(self, step: int) -> bool:
+        """Called by the training loop at each step boundary it reaches after a start or resume. A real job never
+        waits here; a test's context (pisweep/testing.py) may hold the job at a chosen step until it is asked to
+        stop. True makes this step's stop check collective, so that every rank stops at the same step."""
+        return False
+
     def install_signal_handlers(self, signals: tuple[int, ...] = (signal.SIGUSR2, signal.SIGTERM)) -> None:
         """Replace any handler (submitit's included) with one that only sets the stop flag."""
         for sig in signals:
@@ -65,17 +71,3 @@ def signal_label(signum: int) -> str:
     """A stop signal's name for the attempt's reason; a SIGTERM a job sent itself names its lost controller."""
     name = signal.Signals(signum).name
     return f"{name} (its controller is gone)" if signum == signal.SIGTERM and controller_lost() else name
-
-
-@dataclass
-class StopAfter(JobContext):
-    """A job context whose stop flag is raised, as by ``signal_name``, once ``stop_at`` steps are done: the loops
-    then stop exactly as after that signal. For resume tests and benchmarks, in-process and deterministic."""
-
-    stop_at: int = 10 ** 9
-    signal_name: str = "SIGUSR2"
-
-    def should_stop(self) -> bool:
-        if self.step >= self.stop_at and not super().should_stop():
-            self.request_stop(self.signal_name)
-        return super().should_stop()

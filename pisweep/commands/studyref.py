@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic import atomic_write_json
-from .errors import StudyNotFound
-from .ledger.lock import file_lock
-from .plan import default_ledger
-from .spec import Study
-from .spec_load import load_study, study_from_json
+from pisweep.atomic import atomic_write_json
+from pisweep.errors import StudyNotFound
+from pisweep.ledger.lock import file_lock
+from pisweep.study.layout import default_ledger
+from pisweep.study.load import load_study, study_from_json
+from pisweep.study.spec import Study
 
 
 def home() -> Path:
@@ -85,8 +85,8 @@ def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] 
 def _require_recorded(name: str, path: Path, arg: str, on_wait: Callable[[str], None] | None) -> dict[str, Any]:
     """The recorded spec of study ``name`` in the ledger at ``path``; StudyNotFound ("not submitted") otherwise.
     Reads only: no ledger is created, none is written."""
-    from .ledger.db import Ledger
-    from .ledger.queries import study_names, study_spec
+    from pisweep.ledger.db import Ledger
+    from pisweep.ledger.queries import study_names, study_spec
 
     if not path.is_file():
         raise StudyNotFound(f"study {name!r} is not submitted: there is no ledger at {path} "

@@ -13,14 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .datapaths import DataPaths, Preflight, preflight, resolve
-from .ledger.db import Ledger
-from .ledger.ingest import ingest, record_study, set_eval_states, set_job_state
-from .ledger.queries import (Snapshot, eval_tasks_at, eval_tasks_present, events_seen_counts, get_meta, job_folders,
-                             open_snapshot, set_meta, snapshot, weights_after)
-from .plan import Layout, Plan, make_plan
-from .studyref import StudyRef, remember
-from .work import Work, next_work
+from pisweep.commands.studyref import StudyRef, remember
+from pisweep.ledger.db import Ledger
+from pisweep.ledger.ingest import ingest, record_study, set_eval_states, set_job_state
+from pisweep.ledger.queries import (
+    Snapshot,
+    eval_tasks_at,
+    eval_tasks_present,
+    events_seen_counts,
+    get_meta,
+    job_folders,
+    open_snapshot,
+    set_meta,
+    snapshot,
+    weights_after,
+)
+from pisweep.study.datapaths import DataPaths, Preflight, preflight, resolve
+from pisweep.study.layout import Layout
+from pisweep.study.plan import Plan, make_plan
+from pisweep.study.work import Work, next_work
 
 Progress = Callable[[str, int, int], None]
 
@@ -48,7 +59,7 @@ class Session:
 
 
 def suite_version() -> str:
-    from .eval.registry import SUITE_VERSION
+    from pisweep.eval.registry import SUITE_VERSION
 
     return str(SUITE_VERSION)
 
@@ -77,7 +88,7 @@ def reconcile(s: Session) -> Work:
 
 def reconcile_with_snapshot(s: Session) -> tuple[Work, Snapshot]:
     """:func:`reconcile`, and the snapshot it decided from (status shows it)."""
-    from .executors.local import close_lost_attempts
+    from pisweep.executors.local import close_lost_attempts
 
     if s.ledger.readonly:  # a read-only ledger is shown as it is
         snap = open_snapshot(s.ledger, s.name, s.suite_version)
@@ -98,12 +109,12 @@ def reconcile_with_snapshot(s: Session) -> tuple[Work, Snapshot]:
 
 def _events_pending(s: Session) -> bool:
     """Whether any job folder holds more event files than the ledger has applied (ingest's own file filter)."""
-    from .events import EVENT_DIR
+    from pisweep.job.paths import EVENTS
 
     seen = events_seen_counts(s.ledger, s.name)
     for uid, folder in job_folders(s.ledger, s.name).items():
         try:
-            names = os.listdir(os.path.join(folder, EVENT_DIR))  # not pathlib: 10 000 folders
+            names = os.listdir(os.path.join(folder, EVENTS))  # not pathlib: 10 000 folders
         except OSError:
             names = []
         if sum(1 for n in names if n.endswith(".json") and not n.startswith(".")) != seen.get(uid, 0):
@@ -160,9 +171,9 @@ def record(s: Session, force: bool = False) -> None:
 def check_disk(ref: StudyRef, plan: Plan) -> None:
     """Refuse (PreflightError) when the output root has less free space than what is left of the plan will write;
     before anything is written there."""
-    from .diskplan import disk_needed, free_bytes
-    from .errors import PreflightError
-    from .ledger.queries import jobs_of
+    from pisweep.errors import PreflightError
+    from pisweep.ledger.queries import jobs_of
+    from pisweep.study.diskplan import disk_needed, free_bytes
 
     done: list[str] = []
     if ref.ledger_path.is_file():
@@ -192,8 +203,8 @@ class RunResult:
 def controlling(ref: StudyRef, purpose: str) -> Iterator[None]:
     """Be the study's one controller for the block: hold its controller lock (a live one refuses at once, naming
     itself: StudyBusy) and claim its output root for this ledger (another ledger's root is refused)."""
-    from .executors.controller import hold_controller
-    from .ledger.owner import claim_output_root
+    from pisweep.executors.controller import hold_controller
+    from pisweep.ledger.owner import claim_output_root
 
     with hold_controller(ref.study.output_root, ref.study.name, purpose):
         claim_output_root(ref.study.output_root, ref.ledger_path)
@@ -205,8 +216,8 @@ def run_local(s: Session, prepared: Prepared, reporter, stop=None) -> RunResult:
 
     ``stop`` (executors.stopping.StopRequest) says which signals and streams end the run; by default SIGINT,
     SIGTERM and SIGHUP."""
-    from .executors.local import LocalExecutor, remove_interrupted_writes
-    from .executors.schedlog import SchedulerLog, scheduler_log_path
+    from pisweep.executors.local import LocalExecutor, remove_interrupted_writes
+    from pisweep.executors.schedlog import SchedulerLog, scheduler_log_path
 
     log = SchedulerLog(scheduler_log_path(s.layout.root))
     work = reconcile(s)  # closes the attempts a killed controller left open
@@ -228,9 +239,9 @@ def run_local(s: Session, prepared: Prepared, reporter, stop=None) -> RunResult:
 
 
 def slurm_executor(s: Session, paths: DataPaths):
-    from .errors import SpecError
-    from .executors.profile import load_profile
-    from .executors.slurm import SlurmExecutor
+    from pisweep.errors import SpecError
+    from pisweep.executors.profile import load_profile
+    from pisweep.executors.slurm import SlurmExecutor
 
     if not s.ref.study.executor.profile:
         raise SpecError(f"study {s.name!r}: executor 'slurm' needs executor.profile (a site profile in "
@@ -273,8 +284,8 @@ class Cancelled:
 def cancel(s: Session, key: str | None) -> Cancelled:
     """Cancel the study's jobs (or one job, by uid prefix or label) that may still run: SLURM jobs with scancel;
     local ones (the study's live scheduler, or the one job's live processes) by asking them to save and stop."""
-    from .errors import StudyNotFound
-    from .executors.local_control import cancel_local
+    from pisweep.errors import StudyNotFound
+    from pisweep.executors.local_control import cancel_local
 
     snap = snapshot(s.ledger, s.name, s.suite_version)
     uids = [u for u, row in snap.jobs.items() if key is None or u.startswith(key) or row.label == key]

@@ -7,13 +7,12 @@ whose weights file exists and whose task has no result yet.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .datapaths import DataPaths
-from .jobs import JobFile
-from .ledger.queries import Snapshot
-from .plan import InitJob, Layout, Plan, RunJob
+from pisweep.study.plan import InitJob, Plan, RunJob
+
+if TYPE_CHECKING:
+    from pisweep.ledger.queries import Snapshot
 
 DONE_EVAL_STATES = {"done", "missing_data"}
 TERMINAL_OK = "completed"
@@ -73,29 +72,3 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
         if due:
             work.evals[run.uid] = due
     return work
-
-
-def init_job_file(init: InitJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
-    return JobFile("init", init.uid, str(layout.init_dir(init.uid)), study_json,
-                   {"method": init.method, "seed": init.seed, "nights": paths.nights})
-
-
-def train_job_file(run: RunJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
-    shards, samples = paths.train[run.scale]
-    init_weights = str(layout.init_dir(run.init_uid) / "init.pt") if run.init_uid else None
-    return JobFile("train", run.uid, str(layout.run_dir(run.uid)), study_json,
-                   {"init": run.init, "init_weights": init_weights, "shards": shards, "samples": samples,
-                    "epochs": run.epochs, "seed": run.seed})
-
-
-def eval_job_file(run_uid: str, items: list[tuple[int, str]], study_json: dict[str, Any], paths: DataPaths,
-                  layout: Layout, cache_dir: str | None) -> JobFile:
-    epochs = sorted({e for e, _ in items})
-    tasks = sorted({t for _, t in items})
-    return JobFile("eval", run_uid, str(layout.run_dir(run_uid)), study_json,
-                   {"epochs": epochs, "tasks": tasks, "eval_root": paths.eval_root, "nights": paths.nights,
-                    "cache_dir": cache_dir or str(layout.eval_cache)})
-
-
-def job_file_path(folder: str | Path, kind: str, attempt_tag: str) -> Path:
-    return Path(folder) / "jobs" / f"{kind}-{attempt_tag}.json"

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .data.synth_config import SynthConfig
-from .names import check_text, is_name
+from pisweep.data.synth_config import SynthConfig
+from pisweep.study.names import check_text, is_name
 
 InitMethod = Literal["random", "perceptual", "shuffled"]
 ExecutorName = Literal["local", "slurm"]
@@ -221,7 +221,7 @@ def cross_field_problems(study: Study) -> list[tuple[tuple[str | int, ...], str]
         if scale not in known:
             problems.append((("grid", "scale", i), f"scale {scale!r} is not one of the data's scales {known}"))
     if study.eval.tasks != "paper":
-        from .eval.registry import SUITE_KEYS  # pure: task keys only
+        from pisweep.eval.registry import SUITE_KEYS  # pure: task keys only
 
         for i, task in enumerate(study.eval.tasks):
             if task not in SUITE_KEYS:

@@ -1,0 +1,5 @@
+import sys
+
+from pisweep.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""What the submit side writes for a job: the job files of inits, runs and evals, from the plan and the data paths.
+Both executors build their jobs here; the runner reads them (job/contract.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+from pisweep.job.contract import JobFile
+from pisweep.job.paths import JobPaths
+from pisweep.study.datapaths import DataPaths
+from pisweep.study.layout import Layout
+from pisweep.study.plan import InitJob, RunJob
+
+
+def init_job_file(init: InitJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
+    return JobFile("init", init.uid, str(layout.init_dir(init.uid)), study_json,
+                   {"method": init.method, "seed": init.seed, "nights": paths.nights})
+
+
+def train_job_file(run: RunJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
+    shards, samples = paths.train[run.scale]
+    init_weights = str(JobPaths(layout.init_dir(run.init_uid)).init_weights) if run.init_uid else None
+    return JobFile("train", run.uid, str(layout.run_dir(run.uid)), study_json,
+                   {"init": run.init, "init_weights": init_weights, "shards": shards, "samples": samples,
+                    "epochs": run.epochs, "seed": run.seed})
+
+
+def eval_job_file(run_uid: str, items: list[tuple[int, str]], study_json: dict[str, Any], paths: DataPaths,
+                  layout: Layout, cache_dir: str | None) -> JobFile:
+    epochs = sorted({e for e, _ in items})
+    tasks = sorted({t for _, t in items})
+    return JobFile("eval", run_uid, str(layout.run_dir(run_uid)), study_json,
+                   {"epochs": epochs, "tasks": tasks, "eval_root": paths.eval_root, "nights": paths.nights,
+                    "cache_dir": cache_dir or str(layout.eval_cache)})

@@ -1,0 +1,1 @@
+"""The in-job side: the entry point every executor starts, one rank, the node launcher, the SLURM task."""

@@ -1,0 +1,5 @@
+import sys
+
+from pisweep.runner.entry import main
+
+sys.exit(main())
