@@ -7,8 +7,9 @@ import textwrap
 import pytest
 
 from pisweep.cli.main import main
+from pisweep.data.shardlist import expand_shards
 from pisweep.errors import PreflightError
-from pisweep.study.datapaths import expand_braces, preflight, resolve
+from pisweep.study.datapaths import preflight, resolve
 from pisweep.study.load import load_study
 
 
@@ -41,8 +42,9 @@ def problems(tmp_path, **kw):
 
 
 def test_brace_expansion():
-    assert expand_braces("/d/{000..002}.tar") == ["/d/000.tar", "/d/001.tar", "/d/002.tar"]
-    assert expand_braces("/d/{a,b}-{0..1}.tar") == ["/d/a-0.tar", "/d/a-1.tar", "/d/b-0.tar", "/d/b-1.tar"]
+    assert expand_shards("/d/{000..002}.tar") == ["/d/000.tar", "/d/001.tar", "/d/002.tar"]
+    assert expand_shards("/d/{a,b}-{0..1}.tar") == ["/d/a-0.tar", "/d/a-1.tar", "/d/b-0.tar", "/d/b-1.tar"]
+    assert expand_shards("/d/{0..1}.tar::/e/x.tar") == ["/d/0.tar", "/d/1.tar", "/e/x.tar"]
 
 
 def test_missing_nights_and_shards(tmp_path):
@@ -55,6 +57,17 @@ def test_sample_count_larger_than_shards(tmp_path):
     make_shards(tmp_path / "sh", 4, 10)
     found = problems(tmp_path, train='{s: {shards: "sh/{00000..00003}.tar", samples: 100}}', init="[random]")
     assert found == ["data.train.s.samples: 100 samples asked, but the shards hold 40"]
+
+
+def test_multi_source_patterns_are_read_as_training_reads_them(tmp_path):
+    make_shards(tmp_path / "a", 2, 10)
+    make_shards(tmp_path / "b", 1, 10)
+    ok = problems(tmp_path, train='{s: {shards: "a/{00000..00001}.tar::b/00000.tar", samples: 30}}', init="[random]",
+                  workers=1)
+    assert ok == []
+    found = problems(tmp_path, train='{s: {shards: "a/{00000..00001}.tar::b/00000.tar", samples: 31}}',
+                     init="[random]", workers=1)
+    assert found == ["data.train.s.samples: 31 samples asked, but the shards hold 30"]
 
 
 def test_fewer_shards_than_workers(tmp_path):

@@ -37,7 +37,7 @@ def _submit(app, ref, args: argparse.Namespace) -> int:
 
     with DataProgress(err) as progress:
         prepared = app.check(ref, progress=progress)
-    plan = make_plan(ref.study)
+    plan = make_plan(ref.study, ref.identity_version)
     if not args.ignore_disk:
         app.check_disk(ref, plan)
     with app.open_session(ref, on_wait=waiting, plan=plan) as s:

@@ -173,7 +173,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     ref = resolve(args.study)
     check_grid_size(ref.study, args.max_jobs, args.max_evals)
-    plan = make_plan(ref.study)
+    plan = make_plan(ref.study, ref.identity_version)
     data = plan_json(plan)
     if args.json:
         print(json.dumps(data, indent=2))

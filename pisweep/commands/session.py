@@ -69,7 +69,7 @@ def open_session(ref: StudyRef, on_wait: Callable[[str], None] | None = None, re
     """The study's plan (``plan`` if made already) and ledger. ``read``: for the read-only commands; the ledger must
     exist, and is opened read-only when this process cannot write it (then nothing is ingested: the ledger is shown
     as it is)."""
-    plan = plan or make_plan(ref.study)
+    plan = plan or make_plan(ref.study, ref.identity_version)
     ledger = Ledger.for_reading(ref.ledger_path, on_wait=on_wait) if read else Ledger(ref.ledger_path, on_wait=on_wait)
     return Session(ref, ledger, plan, Layout(Path(ref.study.output_root)), suite_version())
 

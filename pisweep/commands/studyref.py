@@ -15,6 +15,7 @@ from typing import Any, Callable
 from pisweep.atomic import atomic_write_json
 from pisweep.errors import StudyNotFound
 from pisweep.ledger.lock import file_lock
+from pisweep.study.identity import IDENTITY_VERSION
 from pisweep.study.layout import default_ledger
 from pisweep.study.load import load_study, study_from_json
 from pisweep.study.spec import Study
@@ -49,6 +50,7 @@ class StudyRef:
     ledger_path: Path
     spec_path: str | None
     from_file: bool
+    identity_version: int = IDENTITY_VERSION  # the recorded study's; the latest for a study not recorded yet
 
 
 def looks_like_file(arg: str) -> bool:
@@ -65,8 +67,10 @@ def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] 
         study = load_study(arg)
         path = Path(ledger) if ledger else default_ledger(study)
         if submitted:
-            _require_recorded(study.name, path, arg, on_wait)
-        return StudyRef(study, study.model_dump(mode="json"), path, str(Path(arg).resolve()), True)
+            version = _require_recorded(study.name, path, arg, on_wait)[1]
+        else:
+            version = _recorded_version(study.name, path, on_wait) or IDENTITY_VERSION
+        return StudyRef(study, study.model_dump(mode="json"), path, str(Path(arg).resolve()), True, version)
     if ledger:
         path = Path(ledger)
     else:
@@ -78,15 +82,16 @@ def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] 
         path = Path(entry["ledger"])
     if not path.exists():
         raise StudyNotFound(f"study {arg!r}: its ledger {path} does not exist")
-    spec = _require_recorded(arg, path, arg, on_wait)
-    return StudyRef(study_from_json(spec), spec, path, None, False)
+    spec, version = _require_recorded(arg, path, arg, on_wait)
+    return StudyRef(study_from_json(spec), spec, path, None, False, version)
 
 
-def _require_recorded(name: str, path: Path, arg: str, on_wait: Callable[[str], None] | None) -> dict[str, Any]:
-    """The recorded spec of study ``name`` in the ledger at ``path``; StudyNotFound ("not submitted") otherwise.
-    Reads only: no ledger is created, none is written."""
+def _require_recorded(name: str, path: Path, arg: str,
+                      on_wait: Callable[[str], None] | None) -> tuple[dict[str, Any], int]:
+    """The recorded spec of study ``name`` in the ledger at ``path`` and its identity version; StudyNotFound ("not
+    submitted") otherwise. Reads only: no ledger is created, none is written."""
     from pisweep.ledger.db import Ledger
-    from pisweep.ledger.queries import study_names, study_spec
+    from pisweep.ledger.queries import study_identity_version, study_names, study_spec
 
     if not path.is_file():
         raise StudyNotFound(f"study {name!r} is not submitted: there is no ledger at {path} "
@@ -97,6 +102,21 @@ def _require_recorded(name: str, path: Path, arg: str, on_wait: Callable[[str], 
         if spec is None:
             raise StudyNotFound(f"study {name!r} is not submitted in the ledger {path} (it has: "
                                 f"{', '.join(study_names(led)) or 'none'})")
+        version = study_identity_version(led, name)
     finally:
         led.close()
-    return spec
+    return spec, version
+
+
+def _recorded_version(name: str, path: Path, on_wait: Callable[[str], None] | None) -> int | None:
+    """The identity version study ``name`` is recorded under in the ledger at ``path`` (None: not recorded)."""
+    from pisweep.ledger.db import Ledger
+    from pisweep.ledger.queries import study_identity_version
+
+    if not path.is_file():
+        return None
+    led = Ledger.for_reading(path, on_wait=on_wait)
+    try:
+        return study_identity_version(led, name)
+    finally:
+        led.close()

@@ -14,52 +14,53 @@ from typing import Any, Iterable
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 
-from pisweep.errors import LedgerError
+from pisweep.errors import LedgerError, SpecError
 from pisweep.job.events import read_events
 from pisweep.ledger import schema as t
 from pisweep.ledger.db import Ledger
+from pisweep.study.identity import canonical_json, drift, result_view
 from pisweep.study.layout import Layout
-from pisweep.study.plan import Plan, canonical_json
-
-# Spec sections that may change between submits of one study without changing any result already recorded.
-NOT_RESULT_AFFECTING = {"executor", "wandb", "ledger", "output_root", "grid", "eval"}
-
-
-def spec_hash(spec: dict[str, Any]) -> str:
-    core = {k: v for k, v in spec.items() if k not in NOT_RESULT_AFFECTING}
-    return hashlib.sha256(canonical_json(core).encode()).hexdigest()[:16]
+from pisweep.study.load import study_from_json
+from pisweep.study.plan import Plan
+from pisweep.study.spec import Study
 
 
-def spec_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Field-by-field differences of the result-affecting part of two specs."""
-    out: list[str] = []
-    for key in sorted(set(old) | set(new)):
-        if not prefix and key in NOT_RESULT_AFFECTING:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += spec_diff(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
+def spec_hash(study: Study, version: int) -> str:
+    """A hash of what the study's results depend on (study/identity.py)."""
+    return hashlib.sha256(canonical_json(result_view(study, version, full=True)).encode()).hexdigest()[:16]
+
+
+def _drift(old_spec: dict[str, Any], new: Study, version: int) -> list[str]:
+    try:
+        old = study_from_json(old_spec)
+    except SpecError as e:
+        return [f"the recorded spec no longer loads with this pisweep ({str(e).splitlines()[0]})"]
+    return drift(old, new, version)
 
 
 def record_study(ledger: Ledger, spec: dict[str, Any], spec_path: str | None, plan: Plan, layout: Layout,
                  force: bool = False) -> None:
     """Store the study and add the plan's jobs that are new (existing jobs keep their state)."""
     now = time.time()
+    version = plan.identity_version
+    study = study_from_json(spec)
     with ledger.writing("recording the study"), ledger.engine.begin() as conn:
-        old = conn.execute(select(t.studies.c.spec_json).where(t.studies.c.name == plan.study)).scalar()
+        old = conn.execute(select(t.studies.c.spec_json, t.studies.c.identity_version)
+                           .where(t.studies.c.name == plan.study)).first()
+        if old is not None and old.identity_version != version:
+            raise LedgerError(f"study {plan.study!r} is recorded under identity v{old.identity_version} in "
+                              f"{ledger.path}; its plan was made under v{version}")
         if old is not None and not force:
-            diff = spec_diff(json.loads(old), spec)
+            diff = _drift(json.loads(old.spec_json), study, version)
             if diff:
                 raise LedgerError(
                     f"study {plan.study!r} already exists in {ledger.path} with different result-affecting fields:\n  "
                     + "\n  ".join(diff) + "\nuse a new study name, or --force to replace the recorded spec")
+        digest = spec_hash(study, version)
         conn.execute(insert(t.studies).values(
-            name=plan.study, spec_json=json.dumps(spec, sort_keys=True), spec_hash=spec_hash(spec), spec_path=spec_path,
-            created_at=now, updated_at=now).on_conflict_do_update(
-            index_elements=["name"], set_={"spec_json": json.dumps(spec, sort_keys=True), "spec_hash": spec_hash(spec),
+            name=plan.study, spec_json=json.dumps(spec, sort_keys=True), spec_hash=digest, spec_path=spec_path,
+            identity_version=version, created_at=now, updated_at=now).on_conflict_do_update(
+            index_elements=["name"], set_={"spec_json": json.dumps(spec, sort_keys=True), "spec_hash": digest,
                                            "spec_path": spec_path, "updated_at": now}))
         rows = [dict(uid=i.uid, study=plan.study, kind="init", label=i.label, init=i.method, init_uid=None, scale=None,
                      epochs=None, seed=i.seed, folder=str(layout.init_dir(i.uid)), identity_json=canonical_json(i.identity),

@@ -44,7 +44,15 @@ def _v3(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE jobs ADD COLUMN no_retry INTEGER NOT NULL DEFAULT 0"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+def _v4(conn: Connection) -> None:
+    """studies.identity_version: the identity version a study's uids were made under (study/identity.py). Studies
+    recorded before it existed were planned under version 1, and keep it."""
+    columns = {row[1] for row in conn.execute(text("PRAGMA table_info(studies)"))}
+    if "identity_version" not in columns:
+        conn.execute(text("ALTER TABLE studies ADD COLUMN identity_version INTEGER NOT NULL DEFAULT 1"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 LATEST = len(MIGRATIONS)
 
 

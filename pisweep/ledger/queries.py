@@ -56,6 +56,12 @@ def study_spec(ledger: Ledger, name: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def study_identity_version(ledger: Ledger, name: str) -> int | None:
+    """The identity version a recorded study's uids were made under; None when the study is not recorded."""
+    with ledger.engine.connect() as conn:
+        return conn.execute(select(t.studies.c.identity_version).where(t.studies.c.name == name)).scalar()
+
+
 def study_names(ledger: Ledger) -> list[str]:
     with ledger.engine.connect() as conn:
         return list(conn.execute(select(t.studies.c.name).order_by(t.studies.c.name)).scalars())

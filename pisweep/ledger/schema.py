@@ -25,6 +25,7 @@ studies = Table(
     Column("spec_json", Text, nullable=False),  # the validated study, paths absolute
     Column("spec_hash", String, nullable=False),  # hash of the result-affecting part
     Column("spec_path", Text),
+    Column("identity_version", Integer, nullable=False, server_default="1"),  # the uids' version (study/identity.py)
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )

@@ -1,13 +1,12 @@
 """Where a study's data lies, as concrete paths, and the preflight check run before anything is submitted."""
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pisweep.errors import PreflightError
+from pisweep.data.shardlist import DeclaredSizes, expand_shards
+from pisweep.errors import DataError, PreflightError
 from pisweep.study.spec import Study
 
 
@@ -45,40 +44,6 @@ class Preflight:
                                  + "\n  ".join(self.problems))
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{000..123}`` ranges (zero-padded) and ``{a,b}`` lists, as webdataset and open_clip do."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if not m:
-        return [pattern]
-    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        a, b = rng.groups()
-        width = len(a)
-        items = [str(i).zfill(width) for i in range(int(a), int(b) + 1)]
-    else:
-        items = body.split(",")
-    return [x for item in items for x in expand_braces(head + item + tail)]
-
-
-def shard_sizes(shards: list[str]) -> dict[str, int] | None:
-    """Samples per shard from open_clip's sizes.json or img2dataset's per-shard _stats.json, when present."""
-    if not shards:
-        return None
-    folder = Path(shards[0]).parent
-    sizes_file = folder / "sizes.json"
-    if sizes_file.exists():
-        sizes = json.loads(sizes_file.read_text())
-        return {s: int(sizes[Path(s).name]) for s in shards if Path(s).name in sizes}
-    out = {}
-    for s in shards:
-        stats = Path(s).with_name(Path(s).stem + "_stats.json")
-        if stats.exists():
-            data = json.loads(stats.read_text())
-            out[s] = int(data.get("successes", data.get("count", 0)))
-    return out or None
-
-
 def preflight(study: Study, paths: DataPaths, ranks: int = 1) -> Preflight:
     """Find what would fail later: missing paths, sample counts that don't add up, too few shards, eval coverage."""
     pf = Preflight()
@@ -90,13 +55,17 @@ def preflight(study: Study, paths: DataPaths, ranks: int = 1) -> Preflight:
     workers = max(1, study.stage2.workers)
     for scale in study.grid.scale:
         pattern, samples = paths.train[scale]
-        shards = expand_braces(pattern)
+        try:
+            shards = expand_shards(pattern)
+        except DataError as e:
+            pf.problems.append(f"data.train.{scale}.shards: {e}")
+            continue
         missing = [s for s in shards if "://" not in s and not Path(s).exists()]
         if missing:
             pf.problems.append(f"data.train.{scale}.shards: {len(missing)} of {len(shards)} shards missing "
                                f"(first: {missing[0]})")
             continue
-        sizes = shard_sizes(shards)
+        sizes = DeclaredSizes().all_of(shards)
         if sizes is not None:
             total = sum(sizes.values())
             if total < samples:

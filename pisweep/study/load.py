@@ -59,7 +59,7 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(train, dict):
         for scale in train.values():
             if isinstance(scale, dict) and isinstance(scale.get("shards"), str):
-                scale["shards"] = _abs(scale["shards"], base)
+                scale["shards"] = "::".join(_abs(part.strip(), base) for part in scale["shards"].split("::"))
     return data
 
 

@@ -1,33 +1,20 @@
-"""Expand a study into jobs: stage-1 inits, stage-2 runs and eval items. Pure and deterministic.
+"""Expand a study into jobs: stage-1 inits and stage-2 runs, with the epochs each run evaluates. Pure and
+deterministic.
 
-Every job has a uid: a hash of the canonical JSON of everything that changes its result (model, hyper-parameters
-including the global batch size and the sample-order scheme, data identity, seed, init) and of nothing that does
-not (executor, resources, log paths, loader workers, logging cadence).
+Every job has a uid: a hash of the canonical JSON of its identity (study/identity.py: everything that changes its
+result, and nothing that does not), under the identity version its study was recorded with.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pisweep.errors import PlanError
+from pisweep.study.identity import IDENTITY_VERSION, check_version, init_identity, run_identity, uid_of
 from pisweep.study.spec import Study
 
-UID_LEN = 12
 MAX_JOBS = 100_000  # a grid above these is refused before it is expanded (raise with --max-jobs / --max-evals)
 MAX_EVALS = 10_000_000
-# Fields of a stage's spec that change how a job runs but never what it computes.
-_STAGE1_NOT_RESULT = {"workers"}
-_STAGE2_NOT_RESULT = {"workers", "checkpoint_every_steps", "log_every_steps", "keep_weights", "keep_resume"}
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
-
-
-def uid_of(kind: str, identity: dict[str, Any]) -> str:
-    return hashlib.sha256(f"{kind}:{canonical_json(identity)}".encode()).hexdigest()[:UID_LEN]
 
 
 @dataclass(frozen=True)
@@ -68,6 +55,7 @@ class Plan:
     inits: tuple[InitJob, ...]
     runs: tuple[RunJob, ...]
     tasks: tuple[str, ...]
+    identity_version: int = IDENTITY_VERSION
 
     def run_by_uid(self) -> dict[str, RunJob]:
         return {r.uid: r for r in self.runs}
@@ -84,24 +72,6 @@ def suite_tasks(study: Study) -> tuple[str, ...]:
     from pisweep.eval.registry import SUITE_KEYS  # pure module: task keys only
 
     return tuple(SUITE_KEYS) if study.eval.tasks == "paper" else tuple(study.eval.tasks)
-
-
-def model_identity(study: Study) -> dict[str, Any]:
-    return {"name": study.model.name, "config": study.model.config}
-
-
-def data_identity(study: Study, part: str, scale: str | None = None) -> dict[str, Any]:
-    """What identifies the data a job reads: the synthetic generator's config, or the real path/pattern."""
-    data = study.data
-    if data.synthetic is not None:
-        synth = data.synthetic.model_dump(exclude={"root"})
-        if part == "train":
-            return {"synthetic": synth, "scale": scale, "samples": data.synthetic.train_scales[scale]}
-        return {"synthetic": synth}
-    if part == "train":
-        s = data.train[scale]
-        return {"shards": s.shards, "samples": s.samples}
-    return {"nights": data.nights}
 
 
 def eval_epochs(epochs: int, every: int) -> tuple[int, ...]:
@@ -142,11 +112,10 @@ def check_grid_size(study: Study, max_jobs: int = MAX_JOBS, max_evals: int = MAX
     return size
 
 
-def make_plan(study: Study) -> Plan:
+def make_plan(study: Study, identity_version: int = IDENTITY_VERSION) -> Plan:
+    """The study's jobs; ``identity_version``: the one its study is recorded with (new studies: the latest)."""
+    check_version(identity_version)
     tasks = suite_tasks(study)
-    model = model_identity(study)
-    stage1 = study.stage1.model_dump(mode="json", exclude=_STAGE1_NOT_RESULT)
-    stage2 = study.stage2.model_dump(mode="json", exclude=_STAGE2_NOT_RESULT)
     inits: dict[tuple[str, int], InitJob] = {}
     runs: list[RunJob] = []
     for scale in study.grid.scale:
@@ -157,12 +126,10 @@ def make_plan(study: Study) -> Plan:
                     if init != "random":
                         key = (init, seed)
                         if key not in inits:
-                            ident = {"method": init, "seed": seed + study.stage1.seed_offset, "model": model,
-                                     "stage1": stage1, "data": data_identity(study, "nights")}
+                            ident = init_identity(study, identity_version, init, seed)
                             inits[key] = InitJob(uid_of("init", ident), init, seed, ident)
                         init_uid = inits[key].uid
-                    ident = {"init": init, "init_uid": init_uid, "model": model, "stage2": stage2,
-                             "data": data_identity(study, "train", scale), "epochs": epochs, "seed": seed}
+                    ident = run_identity(study, identity_version, init, init_uid, scale, epochs, seed)
                     runs.append(RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
                                        eval_epochs(epochs, study.eval.every), ident))
-    return Plan(study.name, tuple(inits.values()), tuple(runs), tasks)
+    return Plan(study.name, tuple(inits.values()), tuple(runs), tasks, identity_version)

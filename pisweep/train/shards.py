@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from braceexpand import braceexpand
 
 from pisweep.atomic import atomic_write_json
+from pisweep.data.shardlist import DeclaredSizes, expand_shards
 from pisweep.errors import TrainingError
 from pisweep.train.tarindex import IndexCache
 
@@ -51,50 +51,17 @@ class Manifest:
         atomic_write_json(path, {**self.to_json(), "sha256": self.digest})
 
 
-def expand_shards(pattern: str) -> list[str]:
-    """The shard paths of a brace pattern, in order (several patterns may be joined with '::')."""
-    paths = [p for part in pattern.split("::") for p in braceexpand(part.strip())]
-    if not paths:
-        raise TrainingError(f"shard pattern {pattern!r} names no shards")
-    return paths
-
-
-def _sizes_json(folder: Path, cache: dict[Path, dict | None]) -> dict | None:
-    if folder not in cache:
-        f = folder / "sizes.json"
-        try:
-            cache[folder] = json.loads(f.read_text()) if f.exists() else None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise TrainingError(f"unreadable shard sizes file {f}: {exc}") from exc
-    return cache[folder]
-
-
-def declared_size(path: str, cache: dict[Path, dict | None]) -> int | None:
-    """The sample count a sizes file declares for one shard, or None when no file says."""
-    p = Path(path)
-    sizes = _sizes_json(p.parent, cache)
-    if sizes is not None and p.name in sizes:
-        return int(sizes[p.name])
-    stats = p.parent / f"{p.name.split('.')[0]}_stats.json"
-    if stats.exists():
-        try:
-            return int(json.loads(stats.read_text())["successes"])
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as exc:
-            raise TrainingError(f"unreadable img2dataset stats {stats}: {exc}") from exc
-    return None
-
-
 def plan_manifest(pattern: str, samples: int, index_cache: Path | None = None) -> Manifest:
     """The first shards of ``pattern`` that cover ``samples`` (raises TrainingError when they do not).
 
     A shard that no sizes file describes is counted by indexing it (cached in ``index_cache``)."""
-    cache: dict[Path, dict | None] = {}
+    declared = DeclaredSizes()
     indexes = IndexCache(index_cache)
     chosen: list[ShardUse] = []
     covered = 0
     paths = expand_shards(pattern)
     for path in paths:
-        size = declared_size(path, cache)
+        size = declared.of(path)
         if size is None:
             size = len(indexes.get(path))
         if size <= 0:
