@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def train(ctx):
         stage2.run_stage2(ctx, study, init="random", init_weights=None, shards=shards.pattern,
-                          samples=opts.samples, epochs=2, seed=0, device=opts.device)
+                          samples=opts.samples, epochs=2, seed=0, eval_epochs=[1, 2], device=opts.device)
 
     for current in ("reference", "resumed"):
         folder = work / current

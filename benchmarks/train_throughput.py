@@ -219,7 +219,7 @@ def pisweep_job(opts, work: Path, shards, name: str, config: dict | None, sample
                   grid=GridSpec(scale=["bench"]), wandb=WandbSpec(mode="disabled"))
     job = JobFile("train", "bench", str(work / "pisweep-run"), study.model_dump(mode="json"),
                   {"init": "random", "init_weights": None, "shards": shards.pattern, "samples": samples,
-                   "epochs": 1, "seed": 0})
+                   "epochs": 1, "seed": 0, "eval_epochs": [1]})
     return job.write(work / "pisweep-job.json")
 
 

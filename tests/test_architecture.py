@@ -206,3 +206,42 @@ def test_orchestration_does_not_import_torch(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def state_names_compared() -> dict[str, set[str]]:
+    """Every string pisweep compares with a state or an outcome (``x.state == "..."``, ``state in (...)``, and
+    ``state = '...'`` / ``state IN (...)`` in SQL), by module."""
+    sql = re.compile(r"\b(?:state|outcome)\s*(?:=|!=)\s*'(\w+)'|\b(?:state|outcome)\s+(?:NOT\s+)?IN\s*\(([^)]*)\)", re.I)
+    found: dict[str, set[str]] = {}
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                stateish = re.compile(r"\b(state|outcome|last)\b|\[\"state\"\]")
+                sides = [node.left, *node.comparators]
+                if isinstance(node.ops[0], (ast.In, ast.NotIn)):  # `state in (...)`, not `"key" in state_dict`
+                    sides = node.comparators if stateish.search(ast.unparse(node.left)) else []
+                elif not any(stateish.search(ast.unparse(x)) for x in sides):
+                    sides = []
+                for side in sides:
+                    items = side.elts if isinstance(side, (ast.Tuple, ast.Set, ast.List)) else [side]
+                    names |= {i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)}
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for single, listed in sql.findall(node.value):
+                    names |= {single} if single else set(re.findall(r"'(\w+)'", listed))
+        if names:
+            found[name] = names
+    return found
+
+
+def test_one_vocabulary_of_states():
+    from pisweep.states import ATTEMPT_OUTCOMES, EVAL_STATES, JOB_STATES
+
+    vocabulary = set(JOB_STATES) | set(ATTEMPT_OUTCOMES) | set(EVAL_STATES)
+    found = state_names_compared()
+    assert sum(map(len, found.values())) > 20, "the scan sees the comparisons"
+    unknown = {m: sorted(n - vocabulary) for m, n in found.items() if n - vocabulary}
+    assert unknown == {}
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text().split("## States", 1)[1].split("\n## ", 1)[0]
+    assert [s for s in sorted(vocabulary) if s not in text] == [], "docs/architecture.md's States names every state"

@@ -130,7 +130,7 @@ def write_job(tmp: Path, epochs: int = 1, workers: int = 1, shards: str | None =
     s = s.model_copy(update={"stage2": s.stage2.model_copy(update={"log_every_steps": 1})})
     job = JobFile("train", "launched", str(tmp / "run"), s.model_dump(mode="json"),
                   {"init": "random", "init_weights": None, "shards": shards or pattern, "samples": 32,
-                   "epochs": epochs, "seed": 0})
+                   "epochs": epochs, "seed": 0, "eval_epochs": list(range(1, epochs + 1))})
     return job.write(tmp / "job.json")
 
 
@@ -302,3 +302,44 @@ def test_ranks_act_for_their_slurm_task(tmp_path, monkeypatch):
     assert stop_outcome() == "preempted" and stop_outcome.__self__ == task  # same task, same start time
     assert len(hooks) == 1
     assert rank_callbacks(tmp_path / "task.json", JobFile("init", "u", "f", {}, {}))[1] == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_local_executor_keeps_the_real_reason_a_multi_rank_job_failed(tmp_path):
+    """Rank 0 records why the attempt failed; the local executor, which sees only its launcher exit 1, must not
+    replace that reason with "exited without reporting"."""
+    import io
+    import tarfile
+
+    import yaml
+
+    from pisweep.cli.main import main
+    from pisweep.commands import session as app
+    from pisweep.commands.studyref import resolve
+    from pisweep.ledger.queries import attempts_of
+
+    shards = tmp_path / "bad"
+    shards.mkdir()
+    for s in range(2):
+        with tarfile.open(shards / f"{s:05d}.tar", "w") as tar:
+            for j in range(16):
+                for ext, data in (("jpg", b"not an image"), ("txt", b"a caption")):
+                    info = tarfile.TarInfo(f"{s:05d}{j:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    spec = study(f"{shards}/{{00000..00001}}.tar").model_dump(mode="json", exclude={"ledger"})
+    spec.update(name="badimages", output_root=str(tmp_path / "out"))
+    spec["data"]["train"]["s"]["samples"] = 32
+    spec["grid"]["init"] = ["random"]
+    spec["executor"]["train"]["gpus_per_node"] = 2
+    spec["eval"]["tasks"] = ["cifar10"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["submit", str(path)]) != 0
+    with app.open_session(resolve(str(path))) as s:
+        app.reconcile(s)
+        (run,) = s.plan.runs
+        attempts = attempts_of(s.ledger, run.uid)
+    assert [a["outcome"] for a in attempts] == ["failed"]
+    assert "cannot be decoded" in attempts[0]["reason"] and "without reporting" not in attempts[0]["reason"]

@@ -1,10 +1,12 @@
 """The ledger: migrations, idempotent ingest, rebuild from job folders, and the lock between commands."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -157,3 +159,65 @@ def test_second_command_waits_and_says_for_what(tmp_path):
     assert len(messages) == 1 and f"pid {holder.pid}" in messages[0] and "a long ingest" in messages[0]
     assert waited > 0.2  # it really waited for the holder
     led.close()
+
+
+def test_the_slurm_job_of_a_queued_eval_moves_from_its_reason_to_a_column(setup):
+    """Ledgers before v5 kept the SLURM job of a queued eval only in its reason; v5 recovers it once, and an eval
+    job's own events keep it."""
+    study, plan, layout, ledger = setup
+    run = plan.runs[0]
+    with ledger.engine.begin() as conn:
+        for epoch, reason in ((1, "slurm job 4242"), (2, "slurm job 17_3")):
+            conn.execute(t.evals.insert().values(job_uid=run.uid, epoch=epoch, task="cifar10", suite_version="1",
+                                                 state="queued", reason=reason, updated_at=0.0))
+        conn.execute(t.evals.insert().values(job_uid=run.uid, epoch=2, task="imagenet1k", suite_version="1",
+                                             state="failed", reason="EvalError: slurm job lost", updated_at=0.0))
+        conn.execute(text("UPDATE evals SET scheduler_id = NULL"))
+        conn.execute(text("UPDATE meta SET value = '4' WHERE key = 'schema_version'"))
+    path = ledger.path
+    ledger.close()
+    again = Ledger(path)
+    try:
+        from pisweep.ledger.queries import queued_evals
+
+        assert queued_evals(again, plan.study, "1") == {(run.uid, 1, "cifar10"): "4242",
+                                                        (run.uid, 2, "cifar10"): "17_3"}
+        with again.engine.connect() as conn:
+            failed = conn.execute(select(t.evals.c.scheduler_id).where(t.evals.c.task == "imagenet1k")).scalar()
+        assert failed is None
+        folder = layout.run_dir(run.uid)
+        write_event(folder, run.uid, "eval_state", None, epoch=1, task="cifar10", suite_version="1", state="running")
+        ingest(again, plan.study)
+        with again.engine.connect() as conn:
+            row = conn.execute(select(t.evals.c.state, t.evals.c.scheduler_id).where(
+                t.evals.c.epoch == 1, t.evals.c.task == "cifar10")).one()
+        assert tuple(row) == ("running", "4242")
+    finally:
+        again.close()
+
+
+def test_a_changed_eval_folder_makes_that_tasks_evals_new_results(setup, tmp_path):
+    from pisweep.runner.evals import _previous
+    from pisweep.study.load import load_study
+
+    study, plan, layout, ledger = setup
+    write_run_events(layout, plan.runs[0], {"job_id": "j", "restart": 0})
+    ingest(ledger, plan.study)
+    spec = tmp_path / "moved.yaml"
+    spec.write_text(SPEC.replace("eval: {tasks: [imagenet1k, cifar10]}",
+                                 "eval: {tasks: [imagenet1k, cifar10], folders: {cifar10: wds_cifar10_v2}}"))
+    changed = load_study(spec)
+    record_study(ledger, changed.model_dump(mode="json"), str(spec), make_plan(changed), layout)
+    with ledger.engine.connect() as conn:
+        evals = {(e, task): (state, reason) for e, task, state, reason in conn.execute(
+            select(t.evals.c.epoch, t.evals.c.task, t.evals.c.state, t.evals.c.reason))}
+        metric_tasks = set(conn.execute(select(t.metrics.c.task).distinct()).scalars())
+    assert evals[(1, "cifar10")] == ("queued", "eval.folders.cifar10 changed: None -> 'wds_cifar10_v2'")
+    assert evals[(2, "imagenet1k")][0] == "done"
+    assert "cifar10" not in metric_tasks and "imagenet1k" in metric_tasks
+    # ... and the eval job does not reuse the result computed on the old folder (a new mount is the same folder)
+    result = tmp_path / "cifar10.json"
+    result.write_text(json.dumps({"metrics": {"acc1": 0.5}, "pisweep": {"suite_version": "1", "main_metric": "acc1",
+                                                                        "folder": "/old/mount/wds_vtab-cifar10"}}))
+    assert _previous(result, "1", Path("/data/eval/wds_cifar10_v2")) is None
+    assert _previous(result, "1", Path("/new/mount/wds_vtab-cifar10"))["state"] == "done"

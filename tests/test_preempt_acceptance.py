@@ -112,7 +112,7 @@ def test_three_real_preemptions_under_the_launcher_end_bitwise_identical(tmp_pat
         app.record(s)
         run = s.plan.runs[0]
         params = {"init": "random", "init_weights": None, "shards": pattern, "samples": sum(SHARDS),
-                  "epochs": EPOCHS, "seed": 0}
+                  "epochs": EPOCHS, "seed": 0, "eval_epochs": list(run.eval_epochs)}
         folder = s.layout.run_dir(run.uid)
         job = JobFile("train", run.uid, str(folder), ref.study_json, params).write(tmp_path / "job.json")
         steps = stop_steps()

@@ -96,3 +96,19 @@ def test_submit_refuses_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(PreflightError):
         preflight(load_study(path), resolve(load_study(path))).raise_if_problems("pf")
+
+
+def test_a_global_batch_the_ranks_cannot_split_is_refused_before_anything_is_queued(tmp_path):
+    make_shards(tmp_path / "sh", 8, 10)
+    path = spec(tmp_path, '{s: {shards: "sh/{00000..00007}.tar", samples: 40}}', init="[random]", workers=1)
+    text = path.read_text().replace("stage2: {workers: 1}", "stage2: {workers: 1, global_batch_size: 8}")
+    for shape, ok in (("{nodes: 1, gpus_per_node: 3}", False), ("{nodes: 3, gpus_per_node: 1}", True),
+                      ("{nodes: 1, gpus_per_node: 4}", True)):
+        path.write_text(text + f"executor: {{train: {shape}}}\n")
+        found = preflight(load_study(path), resolve(load_study(path))).problems
+        assert (found == []) == ok, (shape, found)
+    path.write_text(text + "executor: {name: slurm, profile: p.yaml, train: {nodes: 3, gpus_per_node: 1}}\n")
+    (tmp_path / "p.yaml").write_text("partition: debug\n")
+    found = preflight(load_study(path), resolve(load_study(path))).problems
+    assert found == ["stage2.global_batch_size: 8 does not split over the 3 ranks of a train job (executor.train: "
+                     "nodes 3 x gpus_per_node 1): it must be per-rank batch x ranks x accumulation steps (1)"]

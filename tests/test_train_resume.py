@@ -12,6 +12,7 @@ from pisweep.atomic import sha256_file
 from pisweep.errors import TrainingError
 from pisweep.job.context import JobContext, Preempted
 from pisweep.job.events import read_events
+from pisweep.study.plan import eval_epochs
 from pisweep.study.spec import Study
 from pisweep.testing import StopAfter
 from pisweep.train.stage2 import run_stage2
@@ -28,7 +29,8 @@ def one_thread():
 
 
 def train(ctx: JobContext, s: Study, pattern: str, epochs: int = 2, seed: int = 0) -> None:
-    run_stage2(ctx, s, init="random", init_weights=None, shards=pattern, samples=40, epochs=epochs, seed=seed)
+    run_stage2(ctx, s, init="random", init_weights=None, shards=pattern, samples=40, epochs=epochs, seed=seed,
+               eval_epochs=eval_epochs(epochs, s.eval.every))
 
 
 def events(folder: Path, kind: str) -> list[dict]:

@@ -13,7 +13,7 @@ from pisweep.job.context import JobContext, Preempted
 from pisweep.job.events import read_events
 from pisweep.ledger.queries import disk_use
 from pisweep.models import TINY_CONFIG
-from pisweep.study.plan import make_plan
+from pisweep.study.plan import eval_epochs, make_plan
 from pisweep.study.spec import EvalSpec
 from pisweep.testing import StopAfter
 from pisweep.train.stage2 import run_stage2
@@ -23,7 +23,8 @@ from helpers import make_shards, study
 
 def train(folder: Path, s, pattern: str, epochs: int, ctx: JobContext | None = None) -> JobContext:
     ctx = ctx or JobContext(uid="r", folder=folder)
-    run_stage2(ctx, s, init="random", init_weights=None, shards=pattern, samples=40, epochs=epochs, seed=0)
+    run_stage2(ctx, s, init="random", init_weights=None, shards=pattern, samples=40, epochs=epochs, seed=0,
+               eval_epochs=eval_epochs(epochs, s.eval.every))
     return ctx
 
 

@@ -252,7 +252,7 @@ def test_one_epoch_writes_weights_that_open_clip_loads_in_a_fresh_process(tmp_pa
     pattern = make_shards(tmp_path / "shards", [20, 20])
     study = tiny_study(tmp_path, pattern, 32, batch=8, workers=1)
     ctx = JobContext(uid="run-a", folder=tmp_path / "run")
-    run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=32, epochs=1, seed=0)
+    run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=32, epochs=1, seed=0, eval_epochs=[1])
 
     (done,) = events(ctx.folder, "epoch_done")
     assert done["epoch"] == 1 and done["step"] == 4 and ctx.step == 4 and ctx.epoch == 1
@@ -282,7 +282,7 @@ def test_perceptual_arm_trains_from_the_init(tmp_path):
     init = tmp_path / "init.pt"
     torch.save({"epoch": 2, "state_dict": donor.state_dict()}, init)
     ctx = JobContext(uid="run-pi", folder=tmp_path / "run")
-    run_stage2(ctx, study, init="perceptual", init_weights=init, shards=pattern, samples=16, epochs=1, seed=0)
+    run_stage2(ctx, study, init="perceptual", init_weights=init, shards=pattern, samples=16, epochs=1, seed=0, eval_epochs=[1])
     assert [e["epoch"] for e in events(ctx.folder, "epoch_done")] == [1]
 
 
@@ -290,7 +290,7 @@ def test_wandb_offline_run_lives_in_the_job_folder(tmp_path):
     pattern = make_shards(tmp_path / "shards", [8])
     study = tiny_study(tmp_path, pattern, 8, batch=8).model_copy(update={"wandb": WandbSpec(mode="offline")})
     ctx = JobContext(uid="run-wandb", folder=tmp_path / "run")
-    run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=8, epochs=1, seed=0)
+    run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=8, epochs=1, seed=0, eval_epochs=[1])
     runs = list((ctx.folder / "wandb").glob("offline-run-*-run-wandb"))
     assert len(runs) == 1
 

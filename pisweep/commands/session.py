@@ -156,8 +156,7 @@ class Prepared:
 def check(ref: StudyRef, progress: Progress | None = None) -> Prepared:
     """Make synthetic data if needed and run the preflight check; nothing else is written before it passes."""
     paths = resolve(ref.study, generate=True, progress=progress)
-    ranks = ref.study.executor.train.nodes * max(1, ref.study.executor.train.gpus_per_node)
-    pf = preflight(ref.study, paths, ranks=ranks)
+    pf = preflight(ref.study, paths)
     pf.raise_if_problems(ref.study.name)
     return Prepared(paths, pf)
 

@@ -62,12 +62,8 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     table and the small partial indexes of open and failed evals, so it stays fast at 10 000 runs.
     """
     paths = resolve(s.ref.study, generate=False)
-    if s.ref.study.executor.name == "slurm" and not s.ledger.readonly:  # one sacct + one squeue; lost eval
-        # submissions are resubmitted
-        ex = slurm_executor(s, paths)
-        ex.reconcile()
-        reconcile_with_snapshot(s)
-        ex.heal_evals()
+    if s.ref.study.executor.name == "slurm" and not s.ledger.readonly:  # one sacct + one squeue; nothing submitted
+        slurm_executor(s, paths).reconcile()
     jobs = reconcile_with_snapshot(s)[1].jobs
     from pisweep.eval.registry import coverage
 

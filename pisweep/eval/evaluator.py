@@ -93,7 +93,7 @@ class Evaluator:
             return self._tasks[name]
         task = registry.lookup(name)
         key = task.key if task else name
-        folder = self._folder(key)
+        folder = self.folder_of(key)
         self.progress(key, "load", 0, 1)
         if folder is None:
             return task, MissingData(Path(key), f"no eval data root configured for task {key!r} (set the eval "
@@ -109,7 +109,8 @@ class Evaluator:
         self._tasks[name] = (task, data, folder)
         return task, data, folder
 
-    def _folder(self, key: str) -> Path | None:
+    def folder_of(self, key: str) -> Path | None:
+        """The folder task ``key`` is read from (None: no eval root, and no absolute override)."""
         if self.eval_root is not None:
             return registry.resolve_folder(self.eval_root, key, self.overrides)
         override = Path(self.overrides[key]).expanduser() if key in self.overrides else None
@@ -141,7 +142,7 @@ class Evaluator:
             return TaskResult(name, FAILED, f"{name} is not a zero-shot task (stage 1 reports it)")
         known = registry.lookup(name)
         key = known.key if known else name
-        folder = self._folder(key)
+        folder = self.folder_of(key)
         try:
             task, data, folder = self._load(name)
             if isinstance(data, MissingData):

@@ -28,12 +28,13 @@ from pisweep.executors.base import eval_job_file, init_job_file, train_job_file
 from pisweep.executors.controller import live_controller
 from pisweep.executors.stopping import StopRequest
 from pisweep.job.contract import JobFile, job_file_path
-from pisweep.job.events import write_event
+from pisweep.job.events import attempt_ended, write_event
 from pisweep.job.liveness import ENV_CONTROLLER_PID, holder, job_lock_path, take_cancel_marker, try_hold
 from pisweep.job.paths import JobPaths
 from pisweep.ledger.db import Ledger
 from pisweep.ledger.ingest import ingest, set_eval_states, set_job_state
 from pisweep.ledger.queries import jobs_of, open_local_attempts, snapshot
+from pisweep.states import EVAL_SETTLED, IN_FLIGHT
 from pisweep.study.datapaths import DataPaths
 from pisweep.study.layout import Layout
 from pisweep.study.plan import Plan
@@ -41,7 +42,6 @@ from pisweep.study.spec import Study
 from pisweep.study.work import next_work
 
 STOP_GRACE_S = 60.0  # how long stopped children get to save before they are killed
-LIVE_STATES = ("queued", "running")
 
 
 class Reporter(Protocol):
@@ -137,7 +137,7 @@ class LocalExecutor:
                 self._say("tick", {
                     "running": [c.label for c in self.children.values()],
                     "jobs_done": sum(j.state == "completed" for j in snap.jobs.values()),
-                    "evals_done": sum(v in ("done", "missing_data") for k, v in snap.evals.items() if k[2] in tasks)})
+                    "evals_done": sum(v in EVAL_SETTLED for k, v in snap.evals.items() if k[2] in tasks)})
                 if not self.children and not self._runnable(work):
                     return out
                 time.sleep(self.poll_s)
@@ -267,9 +267,7 @@ class LocalExecutor:
         escalated = self.stopping and code == -signal.SIGKILL  # our own escalation: not the job's failure
         if child.kind == "eval":  # an eval job records no attempt; its evals stay queued for the next scheduler
             return "vanished" if escalated else "failed"
-        ended = any(p.name.endswith("attempt_ended.json") and f"-{child.proc.pid}-" in p.name
-                    for p in JobPaths(child.folder).events.glob("*.json"))
-        if ended:
+        if attempt_ended(child.folder, {"job_id": child.job_id, "restart": 0}):  # by the job, or one of its ranks
             return "failed"
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         if escalated:
@@ -331,7 +329,7 @@ def close_lost_attempts(ledger: Ledger, study: str) -> int:
         ingest(ledger, study)
     attempted = {a.uid for a in open_local_attempts(ledger, study)}
     rows = [r for r in jobs_of(ledger, study).values()
-            if r.executor == "local" and r.state in LIVE_STATES and r.uid not in attempted]
+            if r.executor == "local" and r.state in IN_FLIGHT and r.uid not in attempted]
     if rows and live_controller(Path(rows[0].folder).parent.parent) is None:  # <root>/runs/<uid>: no scheduler
         for row in rows:
             if holder(job_lock_path(row.folder, "job")) is None:

@@ -17,7 +17,6 @@ STATE_MAP = {
     "NODE_FAIL": "vanished", "DEADLINE": "timeout", "TIMEOUT": "timeout", "PREEMPTED": "preempted",
     "CANCELLED": "cancelled", "REVOKED": "cancelled",
 }
-ACTIVE = {"queued", "running"}
 
 
 @dataclass(frozen=True)

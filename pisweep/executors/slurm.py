@@ -21,9 +21,10 @@ from pisweep.executors.profile import SiteProfile
 from pisweep.executors.snapshot import take_snapshot
 from pisweep.job.contract import JobFile, job_file_path
 from pisweep.ledger.db import Ledger
-from pisweep.ledger.ingest import ingest, set_job_state
+from pisweep.ledger.ingest import ingest, set_eval_states, set_job_state
 from pisweep.ledger.queries import Snapshot, queued_evals, snapshot
 from pisweep.runner.slurm import SlurmTask, make_executor
+from pisweep.states import IN_FLIGHT, SLURM_WATCHED
 from pisweep.study.datapaths import DataPaths
 from pisweep.study.layout import Layout
 from pisweep.study.plan import Plan
@@ -78,7 +79,7 @@ class SlurmExecutor:
         """Submit what ``work`` says is runnable, skipping jobs SLURM is already running or holding."""
         out = Submitted()
         snapshot = take_snapshot(self.layout.root / "code")
-        active = {uid for uid, row in snap.jobs.items() if row.state in ("queued", "running") and row.scheduler_id}
+        active = {uid for uid, row in snap.jobs.items() if row.state in IN_FLIGHT and row.scheduler_id}
         init_ids = {uid: row.scheduler_id for uid, row in snap.jobs.items() if row.kind == "init"}
         inits = [i for i in work.inits if i.uid not in active]
         self._submit_group("init", [(i.uid, i.label, init_job_file(i, self.study_json, self.paths, self.layout), None)
@@ -162,12 +163,9 @@ class SlurmExecutor:
         """Ask SLURM once about every job it may still hold (eval jobs included); record what the jobs could not
         say themselves."""
         watched = self._watched()
-        self._queued_evals = queued_evals(self.ledger, self.plan.study, self.suite_version)
-        eval_ids = {jid for jid, _ in self._queued_evals.values() if jid}
-        if not watched and not eval_ids:
+        if not watched:
             return {}
-        acct, queue = sacct.query([row.scheduler_id for row in watched.values()] + sorted(eval_ids))
-        self._eval_jobs_alive = {jid for jid in eval_ids if jid in queue}
+        acct, queue = sacct.query([row.scheduler_id for row in watched.values()])
         # Events a job wrote just before it ended must count before its end is judged "unreported".
         ingest(self.ledger, self.plan.study)
         snap = snapshot(self.ledger, self.plan.study, self.suite_version)
@@ -190,7 +188,7 @@ class SlurmExecutor:
             elif q is not None:
                 # pending again after its attempt ended: the job requeued itself (a job that just ended shows
                 # RUNNING/COMPLETING for a moment, which is not a requeue)
-                if row.state not in ("queued", "running") and q[0] in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
+                if row.state not in IN_FLIGHT and q[0] in ("PENDING", "REQUEUED", "REQUEUE_HOLD"):
                     changes[uid] = "queued"
                     set_job_state(self.ledger, uid, "queued", f"requeued after {row.state}: {row.reason or ''}".strip())
             elif row.state in ("preempted", "timeout") and info is not None and info.slurm_state == "CANCELLED":
@@ -198,12 +196,12 @@ class SlurmExecutor:
                 changes[uid] = "vanished"
                 set_job_state(self.ledger, uid, "vanished", f"slurm job {sid} was cancelled outside pisweep after "
                                                             f"it saved its state ({row.state})")
-            elif row.state not in ("queued", "running"):
+            elif row.state not in IN_FLIGHT:
                 continue  # ended, reported by the job itself, and not requeued
             elif info is None:
                 changes[uid] = "vanished"
                 set_job_state(self.ledger, uid, "vanished", f"slurm job {sid} is in neither squeue nor sacct")
-            elif info.state not in sacct.ACTIVE:
+            elif info.state not in IN_FLIGHT:
                 # it ended without reporting: killed, node failure, scancel outside pisweep, hard time limit
                 state = {"completed": "failed", "cancelled": "vanished"}.get(info.state, info.state)
                 changes[uid] = state
@@ -213,50 +211,43 @@ class SlurmExecutor:
 
     def heal_evals(self) -> int:
         """Submit an eval job for every (run, epoch) whose queued evals have no live SLURM job: a training job that
-        died before submitting, an eval job that vanished, or evals status found missing. Call after reconcile."""
-        if not hasattr(self, "_queued_evals"):
-            self.reconcile()
-        alive = getattr(self, "_eval_jobs_alive", set())
+        died before submitting, an eval job that vanished, or evals reconcile found missing (submit and resume
+        call this; status never submits)."""
+        queued = queued_evals(self.ledger, self.plan.study, self.suite_version)
+        ids = sorted({jid for jid in queued.values() if jid})
+        alive = set(sacct.query(ids)[1]) if ids else set()
         due: dict[tuple[str, int], list[str]] = {}
-        for (run_uid, epoch, task), (jid, _) in self._queued_evals.items():
+        for (run_uid, epoch, task), jid in queued.items():
             if jid is None or jid not in alive:
                 due.setdefault((run_uid, epoch), []).append(task)
-        # evals queued by `reconcile` just now (no row before it ran) are in the ledger only
-        for (run_uid, epoch, task), (jid, _) in queued_evals(self.ledger, self.plan.study, self.suite_version).items():
-            if jid is None and task not in due.get((run_uid, epoch), []):
-                due.setdefault((run_uid, epoch), []).append(task)
         runs = self.plan.run_by_uid()
+        due = {key: tasks for key, tasks in due.items() if key[0] in runs}
         if not due:
             return 0
         snapshot_dir = take_snapshot(self.layout.root / "code")
-        from pisweep.ledger.ingest import set_eval_states
-
         for (run_uid, epoch), tasks in sorted(due.items()):
-            if run_uid not in runs:
-                continue
             job_id = self._submit_eval(run_uid, epoch, sorted(tasks), snapshot_dir)
             set_eval_states(self.ledger, [(run_uid, epoch, t) for t in tasks], "queued", self.suite_version,
-                            only_new=False, reason=f"slurm job {job_id}")
+                            only_new=False, reason=f"slurm job {job_id}", scheduler_id=job_id)
         return len(due)
 
     def _watched(self) -> dict:
         snap = snapshot(self.ledger, self.plan.study, self.suite_version)
         return {uid: row for uid, row in snap.jobs.items()
-                if row.state in WATCHED and row.executor == "slurm" and row.scheduler_id}
+                if row.state in SLURM_WATCHED and row.executor == "slurm" and row.scheduler_id}
 
     def cancel_jobs(self, snap: Snapshot, uids: list[str]) -> list[str]:
         """scancel the SLURM jobs of ``uids`` that may still run; mark them cancelled."""
         ids = []
         for uid in uids:
             row = snap.jobs.get(uid)
-            if row and row.executor == "slurm" and row.scheduler_id and row.state in WATCHED - {"blocked"}:
+            if row and row.executor == "slurm" and row.scheduler_id and row.state in SLURM_WATCHED - {"blocked"}:
                 ids.append(row.scheduler_id)
                 set_job_state(self.ledger, uid, "cancelled", "cancelled with pisweep cancel")
         cancel(sorted(set(ids)))
         return ids
 
 
-WATCHED = {"queued", "running", "preempted", "timeout", "failed", "blocked"}
 
 
 def cancel(job_ids: list[str]) -> None:

@@ -23,7 +23,8 @@ KINDS = {
     "epoch_done": "epoch, step, metrics {name: value}",
     "checkpoint": "epoch, kind (weights|resume|init), path, sha256, bytes, step",
     "init_selected": "epoch, path, val_loss",
-    "eval_state": "epoch, task, state (running|done|failed|missing_data), reason, path, metrics, main_metric",
+    "eval_state": "epoch, task, state (queued|running|done|failed|missing_data), reason, path, metrics, main_metric, "
+                  "scheduler_id (queued: the SLURM job submitted to run it)",
 }
 
 
@@ -50,6 +51,17 @@ def write_event(job_folder: Path, job_uid: str, kind: str, attempt: dict[str, An
     atomic_write_json(path, {"job": job_uid, "kind": kind, "time": now / 1e9, "attempt": attempt, "data": data})
     audit(job_folder, kind, attempt, data)
     return path
+
+
+def attempt_ended(job_folder: Path, attempt: dict[str, Any]) -> bool:
+    """Whether some process of ``attempt`` (any rank, the launcher) already recorded its end."""
+    for path in JobPaths(job_folder).events.glob("*-attempt_ended.json"):
+        try:
+            if json.loads(path.read_text()).get("attempt") == attempt:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def read_events(job_folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[tuple[str, dict]]:

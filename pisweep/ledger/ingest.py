@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 
 from pisweep.errors import LedgerError, SpecError
@@ -56,6 +56,8 @@ def record_study(ledger: Ledger, spec: dict[str, Any], spec_path: str | None, pl
                 raise LedgerError(
                     f"study {plan.study!r} already exists in {ledger.path} with different result-affecting fields:\n  "
                     + "\n  ".join(diff) + "\nuse a new study name, or --force to replace the recorded spec")
+        if old is not None:
+            _renew_changed_folders(conn, plan.study, json.loads(old.spec_json), spec, now)
         digest = spec_hash(study, version)
         conn.execute(insert(t.studies).values(
             name=plan.study, spec_json=json.dumps(spec, sort_keys=True), spec_hash=digest, spec_path=spec_path,
@@ -72,6 +74,21 @@ def record_study(ledger: Ledger, spec: dict[str, Any], spec_path: str | None, pl
             conn.execute(insert(t.jobs).values(**row).on_conflict_do_nothing(index_elements=["uid"]))
 
 
+def _renew_changed_folders(conn: Connection, study: str, old: dict[str, Any], new: dict[str, Any], now: float) -> None:
+    """A task whose ``eval.folders`` entry changed reads other data: its evals become new results (queued again, their
+    metrics dropped; the eval job recomputes them, see runner/evals.py)."""
+    before, after = (dict((s.get("eval") or {}).get("folders") or {}) for s in (old, new))
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if not changed:
+        return
+    runs = select(t.jobs.c.uid).where(t.jobs.c.study == study).scalar_subquery()
+    for task in changed:
+        reason = f"eval.folders.{task} changed: {before.get(task)!r} -> {after.get(task)!r}"
+        conn.execute(update(t.evals).where(t.evals.c.task == task, t.evals.c.job_uid.in_(runs)).values(
+            state="queued", reason=reason, path=None, main_value=None, scheduler_id=None, updated_at=now))
+        conn.execute(delete(t.metrics).where(t.metrics.c.task == task, t.metrics.c.job_uid.in_(runs)))
+
+
 def set_job_state(ledger: Ledger, uid: str, state: str, reason: str | None = None, **extra: Any) -> None:
     with ledger.writing("updating a job's state"), ledger.engine.begin() as conn:
         conn.execute(update(t.jobs).where(t.jobs.c.uid == uid).values(state=state, reason=reason, updated_at=time.time(),
@@ -79,17 +96,19 @@ def set_job_state(ledger: Ledger, uid: str, state: str, reason: str | None = Non
 
 
 def set_eval_states(ledger: Ledger, items: Iterable[tuple[str, int, str]], state: str, suite_version: str,
-                    only_new: bool = True, reason: str | None = None) -> int:
-    """Mark (job, epoch, task) evals with ``state``; with ``only_new``, rows that already exist are left alone."""
+                    only_new: bool = True, reason: str | None = None, scheduler_id: str | None = None) -> int:
+    """Mark (job, epoch, task) evals with ``state`` (and the SLURM job submitted to run them); with ``only_new``,
+    rows that already exist are left alone."""
     now = time.time()
     n = 0
     with ledger.writing("queueing evals"), ledger.engine.begin() as conn:
         for job_uid, epoch, task in items:
+            values = {"state": state, "reason": reason, "updated_at": now, "scheduler_id": scheduler_id}
             stmt = insert(t.evals).values(job_uid=job_uid, epoch=epoch, task=task, suite_version=suite_version,
-                                          state=state, reason=reason, updated_at=now)
+                                          **values)
             stmt = (stmt.on_conflict_do_nothing() if only_new else
                     stmt.on_conflict_do_update(index_elements=["job_uid", "epoch", "task", "suite_version"],
-                                               set_={"state": state, "reason": reason, "updated_at": now}))
+                                               set_=values))
             n += conn.execute(stmt).rowcount
     return n
 
@@ -149,6 +168,8 @@ def apply_event(conn: Connection, uid: str, ev: dict[str, Any]) -> None:
         main = data.get("main_metric")
         values = dict(state=data["state"], reason=data.get("reason"), path=data.get("path"), main_metric=main,
                       main_value=metrics.get(main) if main else None, updated_at=when)
+        if data.get("scheduler_id"):  # a train job submitted its eval job (the eval's own events do not say)
+            values["scheduler_id"] = str(data["scheduler_id"])
         conn.execute(insert(t.evals).values(job_uid=uid, epoch=int(data["epoch"]), task=data["task"],
                                             suite_version=version, **values)
                      .on_conflict_do_update(index_elements=["job_uid", "epoch", "task", "suite_version"], set_=values))

@@ -52,7 +52,18 @@ def _v4(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE studies ADD COLUMN identity_version INTEGER NOT NULL DEFAULT 1"))
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: Connection) -> None:
+    """evals.scheduler_id: the SLURM job submitted to run an eval, which earlier versions wrote only into the reason
+    ("slurm job <id>"); recovered from there once."""
+    columns = {row[1] for row in conn.execute(text("PRAGMA table_info(evals)"))}
+    if "scheduler_id" not in columns:
+        conn.execute(text("ALTER TABLE evals ADD COLUMN scheduler_id TEXT"))
+    conn.execute(text("UPDATE evals SET scheduler_id = trim(substr(reason, length('slurm job ') + 1)) "
+                      "WHERE scheduler_id IS NULL AND reason LIKE 'slurm job %' AND instr(trim(substr(reason, "
+                      "length('slurm job ') + 1)), ' ') = 0"))
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 LATEST = len(MIGRATIONS)
 
 

@@ -315,18 +315,14 @@ def eval_state_counts_by_job(ledger: Ledger, study: str, suite_version: str) -> 
     return out
 
 
-def queued_evals(ledger: Ledger, study: str, suite_version: str) -> dict[tuple[str, int, str], tuple[str | None, str]]:
-    """Queued evals of the study: (run, epoch, task) -> (the SLURM job id named in the reason, or None; reason)."""
+def queued_evals(ledger: Ledger, study: str, suite_version: str) -> dict[tuple[str, int, str], str | None]:
+    """Queued evals of the study: (run, epoch, task) -> the SLURM job submitted to run it (None: none yet)."""
     with ledger.engine.connect() as conn:
-        rows = conn.execute(select(t.evals.c.job_uid, t.evals.c.epoch, t.evals.c.task, t.evals.c.reason)
+        rows = conn.execute(select(t.evals.c.job_uid, t.evals.c.epoch, t.evals.c.task, t.evals.c.scheduler_id)
                             .join(t.jobs, t.jobs.c.uid == t.evals.c.job_uid)
                             .where(t.jobs.c.study == study, t.evals.c.state == "queued",
                                    t.evals.c.suite_version == suite_version)).all()
-    out = {}
-    for uid, epoch, task, reason in rows:
-        jid = reason.split("slurm job ", 1)[1].split()[0] if reason and "slurm job " in reason else None
-        out[(uid, epoch, task)] = (jid, reason or "")
-    return out
+    return {(uid, epoch, task): jid for uid, epoch, task, jid in rows}
 
 
 def attempts_of(ledger: Ledger, uid: str) -> list[dict[str, Any]]:

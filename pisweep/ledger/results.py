@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator
 from sqlalchemy import text
 
 from pisweep.ledger.db import Ledger
+from pisweep.states import SAVED_STOPS, UNSAVED_ENDS
 
 
 def fetch(ledger: Ledger, sql: str, params: tuple) -> list[tuple]:
@@ -57,9 +58,8 @@ def open_eval_count(ledger: Ledger, study: str, suite_version: str) -> int:
             {"v": suite_version, "s": study}).scalar() or 0)
 
 
-#: Attempt outcomes that end without saving: the work after their last save is redone by the next attempt.
-#: (A "preempted" or "stopped" attempt saved its state when asked to stop, so nothing of it is redone.)
-UNSAVED_ENDS = ("failed", "timeout", "vanished", "cancelled")
+_UNSAVED = ", ".join(repr(o) for o in sorted(UNSAVED_ENDS))  # their work after the last save is redone
+_SAVED = ", ".join(repr(o) for o in sorted(SAVED_STOPS))
 
 _COST_SQL = f"""
 WITH a AS (
@@ -74,7 +74,7 @@ WITH a AS (
               WHEN state = 'running' AND NOT superseded THEN MAX(:now - started_at, 0)
               ELSE 0 END AS wall_s,
          CASE WHEN ended_at IS NOT NULL AND started_at IS NOT NULL AND superseded
-                   AND outcome IN ({', '.join(repr(o) for o in UNSAVED_ENDS)})
+                   AND outcome IN ({_UNSAVED})
               THEN ended_at - MAX(started_at, COALESCE(
                    (SELECT MAX(c.created_at) FROM checkpoints c WHERE c.job_uid = job_uid_outer.job_uid
                       AND c.created_at >= job_uid_outer.started_at AND c.created_at <= job_uid_outer.ended_at),
@@ -83,8 +83,8 @@ WITH a AS (
          (ended_at IS NULL AND (superseded OR state != 'running')) AS no_end
   FROM a AS job_uid_outer
 )
-SELECT job_uid, COUNT(*) AS attempts, SUM(outcome IN ('preempted', 'stopped')) AS preemptions,
-       SUM(outcome IN ({', '.join(repr(o) for o in UNSAVED_ENDS)}) AND superseded) AS unsaved_restarts,
+SELECT job_uid, COUNT(*) AS attempts, SUM(outcome IN ({_SAVED})) AS preemptions,
+       SUM(outcome IN ({_UNSAVED}) AND superseded) AS unsaved_restarts,
        SUM(no_end) AS without_end, SUM(wall_s) / 3600.0 AS wall_h, SUM(wall_s * ranks) / 3600.0 AS rank_h,
        SUM(lost_s * ranks) / 3600.0 AS lost_rank_h
 FROM w GROUP BY job_uid

@@ -89,6 +89,7 @@ evals = Table(
     Column("reason", Text), Column("path", Text),
     Column("main_metric", String), Column("main_value", Float),
     Column("updated_at", Float, nullable=False),
+    Column("scheduler_id", String),  # the SLURM job submitted to run it (kept when it runs and ends)
     PrimaryKeyConstraint("job_uid", "epoch", "task", "suite_version"),
 )
 

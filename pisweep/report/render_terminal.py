@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pisweep.report.doc import BAD, DIM, GOOD, WARN, Block, document
+from pisweep.states import PROBLEM_STATES
 
 STYLE = {GOOD: "green", BAD: "red", DIM: "dim", WARN: "yellow", "": ""}
 
@@ -43,7 +44,7 @@ def status_groups_table(data: dict[str, Any]) -> Table:
         t.add_column(col, justify=align, no_wrap=True)
     for g in data["groups"]:
         states = ", ".join(f"{n} {k}" for k, n in sorted(g["states"].items(), key=lambda kv: -kv[1]))
-        style = "red" if any(k in g["states"] for k in ("failed", "blocked", "vanished")) else ""
+        style = "red" if any(k in g["states"] for k in PROBLEM_STATES) else ""
         ev = g["evals"]
         t.add_row(g["kind"], g["init"] or "", g["scale"] or "", str(g["epochs"] or ""), str(g["cells"]),
                   Text(states, style=style),

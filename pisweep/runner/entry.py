@@ -15,6 +15,7 @@ from pisweep.job.contract import ENV_LAUNCH_DIR, ENV_SLURM_TASK, JobFile
 from pisweep.job.liveness import watch_controller
 from pisweep.job.signals import STOP_SIGNALS, catch_stop_signals
 from pisweep.runner.run import process_exit_code, run_job_file
+from pisweep.study.spec import Resources, train_ranks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,5 +50,4 @@ def local_ranks(job: JobFile) -> int:
     (On one machine ``nodes`` is ignored; under SLURM the job's shape decides, see runner/slurm.py.)"""
     if job.kind != "train" or os.environ.get("PISWEEP_EXECUTOR", "local") != "local":
         return 1
-    train = (job.study.get("executor") or {}).get("train") or {}
-    return max(1, int(train.get("gpus_per_node") or 0))
+    return train_ranks("local", Resources(**((job.study.get("executor") or {}).get("train") or {})))

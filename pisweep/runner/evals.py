@@ -29,7 +29,7 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
         out = JobPaths(ctx.folder).evals(epoch)
         todo = []
         for task in tasks:
-            done = _previous(out / f"{get_task(task).file_stem}.json", SUITE_VERSION)
+            done = _previous(out / f"{get_task(task).file_stem}.json", SUITE_VERSION, evaluator.folder_of(task))
             if done is not None:
                 ctx.emit("eval_state", epoch=epoch, task=task, suite_version=SUITE_VERSION, **done)
             else:
@@ -49,14 +49,17 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
                      main_metric=res.main_metric)
 
 
-def _previous(path: Path, version: str) -> dict | None:
-    """The recorded outcome of a task evaluated before, or None when it must run."""
+def _previous(path: Path, version: str, folder: Path | None) -> dict | None:
+    """The recorded outcome of a task evaluated before, or None when it must run: no result, another suite version,
+    or another folder (by name: the same folder on a new mount is the same data)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     info = data.get("pisweep", {})
     if str(info.get("suite_version")) != str(version) or "metrics" not in data:
+        return None
+    if folder is not None and Path(str(info.get("folder", ""))).name != folder.name:
         return None
     return {"state": "done", "path": str(path), "metrics": _finite(data["metrics"]), "main_metric": info.get("main_metric")}
 

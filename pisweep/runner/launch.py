@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Iterator
 
 from pisweep.job.contract import ENV_LAUNCH_DIR, EXIT_FAILED, EXIT_OK, EXIT_STOPPED
-from pisweep.job.paths import JobPaths
 from pisweep.job.signals import STOP_SIGNALS
 
 log = logging.getLogger("pisweep.launch")
@@ -180,20 +179,12 @@ def launch_job(job_file: Path, spec: LaunchSpec, env: dict[str, str] | None = No
 
 def record_unreported_failure(job_file: Path, attempt: dict, reason: str) -> bool:
     """Write a failed ``attempt_ended`` for ``attempt`` unless one exists; True when written."""
-    import json
-
     from pisweep.job.contract import JobFile
-    from pisweep.job.events import write_event
+    from pisweep.job.events import attempt_ended, write_event
 
     job = JobFile.read(job_file)
-    if job.kind == "eval":
+    if job.kind == "eval" or attempt_ended(Path(job.folder), attempt):
         return False
-    for path in JobPaths(job.folder).events.glob("*-attempt_ended.json"):
-        try:
-            if json.loads(path.read_text()).get("attempt") == attempt:
-                return False
-        except (OSError, ValueError):
-            continue
     write_event(Path(job.folder), job.uid, "attempt_ended", attempt, outcome="failed",
                 reason=f"{reason} (no rank recorded the end of this attempt)"[:2000])
     return True

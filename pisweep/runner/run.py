@@ -141,7 +141,8 @@ def dispatch(job: JobFile, ctx: JobContext, device: str | None = None) -> None:
         from pisweep.train.stage2 import run_stage2
 
         run_stage2(ctx, study, init=p["init"], init_weights=Path(p["init_weights"]) if p.get("init_weights") else None,
-                   shards=p["shards"], samples=p["samples"], epochs=p["epochs"], seed=p["seed"], device=device)
+                   shards=p["shards"], samples=p["samples"], epochs=p["epochs"], seed=p["seed"],
+                   eval_epochs=p["eval_epochs"], device=device)
     elif job.kind == "eval":
         from pisweep.runner.evals import run_evals
 

@@ -129,12 +129,13 @@ class SlurmTask:
                 return
             try:
                 job_id = submit_eval_from_job(job, epoch, self.eval_submit)
-            except Exception as e:  # noqa: BLE001 - training goes on; status/resume heal a lost submission
+            except Exception as e:  # noqa: BLE001 - training goes on; submit/resume heal a lost submission
                 log.warning("could not submit the eval job of epoch %d: %s", epoch, e)
                 return
             for task in self.eval_submit["tasks"]:
                 write_event(Path(job.folder), job.uid, "eval_state", None, epoch=epoch, task=task,
-                            suite_version=SUITE_VERSION, state="queued", reason=f"slurm job {job_id}")
+                            suite_version=SUITE_VERSION, state="queued", reason=f"slurm job {job_id}",
+                            scheduler_id=job_id)
         return hook
 
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 from pisweep.data.shardlist import DeclaredSizes, expand_shards
 from pisweep.errors import DataError, PreflightError
-from pisweep.study.spec import Study
+from pisweep.study.spec import Study, train_ranks
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,19 @@ class Preflight:
                                  + "\n  ".join(self.problems))
 
 
-def preflight(study: Study, paths: DataPaths, ranks: int = 1) -> Preflight:
-    """Find what would fail later: missing paths, sample counts that don't add up, too few shards, eval coverage."""
+def preflight(study: Study, paths: DataPaths) -> Preflight:
+    """Find what would fail later: missing paths, sample counts that don't add up, too few shards, a global batch
+    the ranks cannot split, eval coverage."""
     pf = Preflight()
+    train = study.executor.train
+    ranks = train_ranks(study.executor.name, train)
+    accumulation = 1  # optimizer steps see per-rank batch x ranks x accumulation steps samples
+    if study.stage2.global_batch_size % (ranks * accumulation):
+        pf.problems.append(
+            f"stage2.global_batch_size: {study.stage2.global_batch_size} does not split over the {ranks} ranks of a "
+            f"train job (executor.train: nodes {train.nodes} x gpus_per_node {train.gpus_per_node}"
+            + (", nodes ignored by the local executor" if study.executor.name == "local" else "")
+            + f"): it must be per-rank batch x ranks x accumulation steps ({accumulation})")
     if "perceptual" in study.grid.init or "shuffled" in study.grid.init:
         if not paths.nights:
             pf.problems.append("data.nights: a perceptual or shuffled init needs NIGHTS, and no path is set")

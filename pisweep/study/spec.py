@@ -176,6 +176,13 @@ class Resources(Strict):
     time_min: int = Field(60, ge=1)
 
 
+def train_ranks(executor: str, train: Resources) -> int:
+    """The ranks of a train job: on SLURM ``nodes`` x max(1, ``gpus_per_node``); locally (one machine) max(1,
+    ``gpus_per_node``), ``nodes`` ignored."""
+    per_node = max(1, train.gpus_per_node)
+    return per_node if executor == "local" else train.nodes * per_node
+
+
 class ExecutorSpec(Strict):
     name: ExecutorName = "local"  # never chosen from what is installed
     max_parallel: int = Field(1, ge=1)  # local executor: jobs at once

@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pisweep.states import EVAL_SETTLED
 from pisweep.study.plan import InitJob, Plan, RunJob
 
 if TYPE_CHECKING:
     from pisweep.ledger.queries import Snapshot
 
-DONE_EVAL_STATES = {"done", "missing_data"}
-TERMINAL_OK = "completed"
 
 
 @dataclass
@@ -37,7 +36,7 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
     for init in plan.inits:
         row = snap.jobs.get(init.uid)
         state = row.state if row else "planned"
-        if state == TERMINAL_OK:
+        if state == "completed":
             init_state[init.uid] = "ok"
         elif row is not None and row.failed_for_good(max_failures):
             init_state[init.uid] = "failed"
@@ -48,7 +47,7 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
     for run in plan.runs:
         row = snap.jobs.get(run.uid)
         state = row.state if row else "planned"
-        if state != TERMINAL_OK:
+        if state != "completed":
             if row is not None and row.failed_for_good(max_failures):
                 work.failed[run.uid] = row.reason or "failed"
             elif run.init_uid is None or init_state.get(run.init_uid) == "ok":
@@ -66,7 +65,7 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
                 continue
             for task in plan.tasks:
                 state = snap.evals.get((run.uid, epoch, task))
-                if state in DONE_EVAL_STATES or (state == "failed" and not retry_failed_evals):
+                if state in EVAL_SETTLED or (state == "failed" and not retry_failed_evals):
                     continue
                 due.append((epoch, task))
         if due:

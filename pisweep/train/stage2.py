@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,6 @@ from pisweep.errors import TrainingError
 from pisweep.job.context import JobContext, Preempted
 from pisweep.job.paths import JobPaths
 from pisweep.models import create_model, unwrap, write_model_config
-from pisweep.study.plan import eval_epochs
 from pisweep.study.spec import Study
 from pisweep.train.augment import declip_train_transform, model_image_size, model_mean_std
 from pisweep.train.checkpoint import load_resume, save_resume, save_weights
@@ -95,14 +94,14 @@ def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: Clip
 
 
 def run_stage2(ctx: JobContext, study: Study, *, init: str, init_weights: Path | None, shards: str,
-               samples: int, epochs: int, seed: int, device: str = "cpu") -> None:
+               samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str = "cpu") -> None:
     """Train one stage-2 run in ``ctx.folder``, resuming from ``resume/state.pt`` when present."""
-    _Stage2(ctx, study, init, init_weights, shards, samples, epochs, seed, device).run()
+    _Stage2(ctx, study, init, init_weights, shards, samples, epochs, seed, eval_epochs, device).run()
 
 
 class _Stage2:
     def __init__(self, ctx: JobContext, study: Study, init: str, init_weights: Path | None, shards: str,
-                 samples: int, epochs: int, seed: int, device: str):
+                 samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str):
         self.ctx, self.study, self.s2 = ctx, study, study.stage2
         self.init, self.seed, self.epochs = init, seed, epochs
         self.dev = setup_device(device)
@@ -129,7 +128,7 @@ class _Stage2:
         self.epoch, self.batch, self.step = 1, 0, 0  # position: next batch to train
         self.loss_sum, self.loss_n = 0.0, 0  # running mean of this epoch's train loss
         self.weights_epochs = set(range(1, epochs + 1)) if self.s2.keep_weights == "all" \
-            else set(eval_epochs(epochs, study.eval.every))
+            else set(eval_epochs) | {epochs}  # the epochs the plan evaluates, and the last
         self.unreported: dict[str, Any] | None = None  # this epoch's epoch_done, until it is written (epoch_report)
         state = load_resume(self.resume_path, self.fingerprint)
         if state is not None:

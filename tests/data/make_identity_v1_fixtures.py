@@ -1,7 +1,6 @@
 """Run with pisweep at 438fc4b (identity v1, ledger schema v3) on PYTHONPATH."""
 import json
 import shutil
-import sys
 from pathlib import Path
 
 from pisweep.ledger.db import Ledger

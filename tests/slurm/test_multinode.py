@@ -29,7 +29,7 @@ def write_job(tmp: Path, folder: str, epochs: int = 2) -> Path:
     s = study(pattern, workers=1)
     s = s.model_copy(update={"stage2": s.stage2.model_copy(update={"log_every_steps": 1})})
     job = JobFile("train", "multinode", str(tmp / folder), s.model_dump(mode="json"),
-                  {"init": "random", "init_weights": None, "shards": pattern, "samples": 32, "epochs": epochs,
+                  {"init": "random", "init_weights": None, "shards": pattern, "samples": 32, "epochs": epochs, "eval_epochs": list(range(1, epochs + 1)),
                    "seed": 0})
     return job.write(tmp / f"{folder}.json")
 

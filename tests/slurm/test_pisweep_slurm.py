@@ -15,6 +15,7 @@ from pisweep.cli.main import main
 from pisweep.commands import session as app
 from pisweep.commands.status import status
 from pisweep.commands.studyref import resolve
+from pisweep.ledger.ingest import set_eval_states
 from pisweep.ledger.queries import attempts_of, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +128,20 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
     before = pisweep_jobs(name)
     assert main(["submit", str(path)]) == 0
     assert pisweep_jobs(name) == before
+
+    # An eval whose SLURM job is gone (a lost submission): status only looks, submit submits its eval job.
+    s = session_of(path)
+    try:
+        uid, epoch, task = next(k for k, v in snapshot(s.ledger, s.name, s.suite_version).evals.items() if v == "done")
+        set_eval_states(s.ledger, [(uid, epoch, task)], "queued", s.suite_version, only_new=False,
+                        reason="slurm job 999999", scheduler_id="999999")
+    finally:
+        s.close()
+    assert main(["status", str(path)]) == 0
+    assert pisweep_jobs(name) == before
+    assert main(["submit", str(path)]) == 0
+    submitted = sum(map(len, pisweep_jobs(name).values())) - sum(map(len, before.values()))
+    assert submitted == 1, pisweep_jobs(name)
 
 
 def test_evals_submitted_from_array_elements_complete(slurm_cluster, tmp_path, synth_root):
