@@ -170,7 +170,8 @@ def train_checkpoint(out_dir: Path, steps: int = 150, batch_size: int = 64, lr: 
     import torch
 
     from pisweep.data import world
-    from pisweep.models import TINY_CONFIG, create_model, save_weights, write_model_config
+    from pisweep.models import TINY_CONFIG, create_model, write_model_config
+    from pisweep.train.checkpoint import save_weights
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,8 @@ def make_checkpoints(work: Path, model_name: str, n: int) -> tuple[list[Path], P
     """``n`` checkpoints of one "run": a random init, perturbed a little more at every epoch (seeded)."""
     import torch
 
-    from pisweep.models import TINY_CONFIG, create_model, save_weights, write_model_config
+    from pisweep.models import TINY_CONFIG, create_model, write_model_config
+    from pisweep.train.checkpoint import save_weights
 
     out = work / "checkpoints"
     config = TINY_CONFIG if model_name == TINY else None

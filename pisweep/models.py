@@ -15,7 +15,7 @@ from typing import Any
 import open_clip
 import torch
 
-from pisweep.atomic import atomic_open, atomic_write_bytes
+from pisweep.atomic import atomic_write_bytes
 from pisweep.errors import EvalError
 
 # The tiny CPU model of the tests and the demo (shared/reference/python-stack.md: ~3.4 M params, ~60 ms/step).
@@ -66,17 +66,6 @@ def create_model(name: str, config: dict[str, Any] | None = None, pretrained: st
     return model, preprocess_train, preprocess_val, tokenizer
 
 
-def save_weights(path: Path, epoch: int, model: torch.nn.Module) -> None:
-    """Atomically write a ``{"epoch", "state_dict"}`` file that open_clip loads with ``pretrained=path``."""
-    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_torch_save({"epoch": int(epoch), "state_dict": state}, Path(path))
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through :func:`pisweep.atomic.atomic_open`: a partial file is never visible."""
-    with atomic_open(Path(path)) as f:
-        torch.save(obj, f)

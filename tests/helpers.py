@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,27 @@ def pause_env(steps: str | int) -> dict[str, str]:
 def pause_setup(steps: str | int) -> list[str]:
     """The same as lines of a SLURM job's setup."""
     return [f"export {k}={v}" for k, v in pause_env(steps).items()]
+
+
+class Pace:
+    """Bounds for waits on real processes, scaled from what this machine measured in the same test instead of a
+    fixed wall-clock limit (a loaded CI machine is slow everywhere, not at one step): before anything is measured a
+    wait may take ``first_s``; afterwards ``factor`` x the slowest measured stretch, at least ``floor_s``."""
+
+    def __init__(self, floor_s: float = 120.0, factor: float = 4.0, first_s: float = 480.0):
+        self.floor_s, self.factor, self.first_s = floor_s, factor, first_s
+        self.reference: float | None = None
+        self._t0 = time.monotonic()
+
+    def start(self) -> None:
+        """Begin a stretch to measure (say, from starting a job until it reaches a step)."""
+        self._t0 = time.monotonic()
+
+    def measured(self) -> float:
+        """End the stretch begun by :meth:`start`; it scales every later bound."""
+        took = time.monotonic() - self._t0
+        self.reference = max(self.reference or 0.0, took)
+        return took
+
+    def bound(self) -> float:
+        return self.first_s if self.reference is None else max(self.floor_s, self.factor * self.reference)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, or starts processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -20,7 +20,8 @@ from pisweep.eval import imagecache as C
 from pisweep.eval import metrics as M
 from pisweep.eval import registry as R
 from pisweep.eval import tarsamples as T
-from pisweep.models import TINY_CONFIG, create_model, save_weights
+from pisweep.models import TINY_CONFIG, create_model
+from pisweep.train.checkpoint import save_weights
 
 MODEL = "pisweep-tiny"
 FLICKR = "retrieval/flickr_1k_test_image_text_retrieval"
@@ -300,3 +301,32 @@ def test_bad_checkpoint_is_an_eval_error(eval_root, tmp_path):
 def test_available_folders(eval_root):
     assert evaluator.available_folders(eval_root) == ["wds_flickr30k", "wds_foo", "wds_imagenet1k", "wds_vtab-cifar10",
                                                    "wds_vtab-pets"]
+
+
+def test_an_eval_job_refuses_weights_that_are_not_the_ones_training_wrote(tmp_path):
+    """The sha256 a run recorded for its weights file is read back before the file is evaluated."""
+    from pisweep.job.context import JobContext
+    from pisweep.job.events import read_events, write_event
+    from pisweep.runner.evals import run_evals
+    from pisweep.train.checkpoint import save_weights
+
+    from helpers import study
+
+    s = study(str(tmp_path / "unused-{0..1}.tar"))
+    folder = tmp_path / "run"
+    model, *_ = create_model(MODEL, TINY_CONFIG)
+    for epoch in (1, 2):
+        path = folder / "checkpoints" / f"epoch_{epoch}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sha, nbytes = save_weights(path, epoch, model)
+        write_event(folder, "r", "checkpoint", None, epoch=epoch, kind="weights", path=str(path), sha256=sha,
+                    bytes=nbytes, step=epoch)
+    with open(folder / "checkpoints" / "epoch_2.pt", "r+b") as f:  # damaged after it was recorded
+        f.seek(200)
+        f.write(b"\x00" * 16)
+    run_evals(JobContext(uid="r", folder=folder), s, epochs=[1, 2], tasks=["cifar10"], eval_root=None, nights=None,
+              cache_dir=None)
+    states = {e["data"]["epoch"]: e["data"] for _, e in read_events(folder) if e["kind"] == "eval_state"
+              and e["data"]["state"] != "running"}
+    assert states[1]["state"] == "missing_data"  # the intact file is evaluated (no eval data here)
+    assert states[2]["state"] == "failed" and "is not the file training wrote" in states[2]["reason"]

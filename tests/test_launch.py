@@ -81,6 +81,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_rank_pids_are_session_leading_children_and_catches_reads_their_handlers():
     leader = subprocess.Popen([sys.executable, "-c", CHILD, "catch"], stdout=subprocess.PIPE, text=True,
                               start_new_session=True)
@@ -105,6 +106,7 @@ class Slow(torch.utils.data.Dataset):
         return i
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT])
 def test_loader_workers_outlive_stop_signals_from_outside_but_not_their_parents_sigterm(sig):
     # SLURM signals every process of a job step; PyTorch's workers die on a SIGTERM that their parent did not send
@@ -156,6 +158,7 @@ def events(folder: Path, kind: str) -> list[dict]:
     return [e for _, e in read_events(folder) if e["kind"] == kind]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_gloo_ranks_train_in_sync_and_report_once(tmp_path):
     job = write_job(tmp_path)
@@ -177,6 +180,7 @@ def test_two_gloo_ranks_train_in_sync_and_report_once(tmp_path):
     assert resume["unreported"]["epoch"] == 1  # the last epoch's report, in case the job had died before writing it
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_stop_signal_before_the_ranks_catch_it_is_forwarded_once_they_do(tmp_path):
     job = write_job(tmp_path)
@@ -195,6 +199,7 @@ def test_a_stop_signal_before_the_ranks_catch_it_is_forwarded_once_they_do(tmp_p
     assert state["step"] == ended["data"]["step"] and state["world_size"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_killed_rank_fails_the_attempt_with_its_signal_named(tmp_path):
     job = write_job(tmp_path, epochs=2)
@@ -214,6 +219,7 @@ def test_a_killed_rank_fails_the_attempt_with_its_signal_named(tmp_path):
     assert f"rank 0 (pid {ranks[0]}) killed by SIGKILL" in ended["data"]["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_job_failure_on_every_rank_is_recorded_by_rank_0(tmp_path):
     job = write_job(tmp_path, shards=str(tmp_path / "missing-{0..1}.tar"))
@@ -224,6 +230,7 @@ def test_a_job_failure_on_every_rank_is_recorded_by_rank_0(tmp_path):
     assert "no rank recorded" not in ended["data"]["reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_state_saved_by_one_rank_resumes_on_two_in_the_same_sample_order(tmp_path):
     from pisweep.job.context import Preempted
@@ -252,6 +259,7 @@ def test_a_global_batch_that_ranks_cannot_share_is_refused_clearly():
         EpochBatchSampler([16, 16], seed=0, global_batch=8, rank=0, world_size=3)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_local_executor_runs_gpus_per_node_ranks_through_the_launcher(tmp_path, monkeypatch):
     from pisweep.runner.entry import local_ranks

@@ -27,12 +27,14 @@ from pisweep.ledger.queries import attempts_of
 from pisweep.models import TINY_CONFIG
 from pisweep.runner.launch import rank_pids
 
-from helpers import make_shards, pause_env
+from helpers import Pace, make_shards, pause_env
+
+pytestmark = pytest.mark.slow  # trains, or starts processes
 
 SHARDS, BATCH, EPOCHS = [32, 32, 32], 8, 2
 STEPS = sum(SHARDS) // BATCH * EPOCHS  # 24: 12 per epoch
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR2)
-ATTEMPT_LIMIT_S = 120
+PACE = Pace()  # waits scale with how long this machine took to reach the first pause
 
 
 def stop_steps(seed: int = 20261129) -> list[int]:
@@ -77,7 +79,7 @@ def start(job: Path, env: dict[str, str]) -> subprocess.Popen:
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
     try:
-        out, _ = proc.communicate(timeout=ATTEMPT_LIMIT_S)
+        out, _ = proc.communicate(timeout=PACE.bound())
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         for pid in descendants(proc.pid):
@@ -86,12 +88,12 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
             except ProcessLookupError:
                 pass
         out, _ = proc.communicate()
-        pytest.fail(f"the launcher did not end within {ATTEMPT_LIMIT_S}s:\n{out[-4000:]}")
+        pytest.fail(f"the launcher did not end within {PACE.bound():.0f}s:\n{out[-4000:]}")
     return proc.returncode, out
 
 
 def wait_for(path: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + ATTEMPT_LIMIT_S
+    deadline = time.monotonic() + PACE.bound()
     while not path.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             code, out = finish(proc)
@@ -118,8 +120,10 @@ def test_three_real_preemptions_under_the_launcher_end_bitwise_identical(tmp_pat
         steps = stop_steps()
 
         for attempt, (step, sig) in enumerate(zip(steps, SIGNALS)):
+            PACE.start()
             proc = start(job, {"PISWEEP_JOB_ID": f"acc-{attempt}", **pause_env(step)})
             wait_for(folder / f"paused-{step}", proc)
+            PACE.measured()
             if sig == signal.SIGTERM:  # as SLURM does: every process of the job, loader workers included
                 workers = [p for p in descendants(proc.pid) if p not in rank_pids(proc.pid)]
                 assert len(workers) >= 2, "each rank has a loader worker"

@@ -76,3 +76,31 @@ def test_scale_names_must_be_plain(tmp_path):
                  "grid: {scale: ['a b;rm']}\n")
     with pytest.raises(SpecError, match="data.train: .*scale names"):
         load_study(p)
+
+
+def render_sbatch(kind: str) -> str:
+    """The sbatch file of one job of experiments/main.yaml under slurm_templates/example-site.yaml, with this
+    machine's paths replaced by placeholders."""
+    import sys
+
+    from pisweep.runner.slurm import make_executor
+
+    study = load_study(ROOT / "experiments/main.yaml")
+    profile = load_profile(str(ROOT / "slurm_templates/example-site.yaml"))
+    snapshot = Path("/out/code/abc123")
+    params = executor_params(study, profile, kind, f"pisweep.pi-main.{kind}.cell", snapshot)
+    folder = Path("/out/slurm") / kind
+    text = make_executor(folder, params)._make_submission_file_text(
+        f"{sys.executable} -u -m submitit.core._submit {folder}", "UID")
+    return text.replace(sys.executable, "PYTHON")
+
+
+@pytest.mark.parametrize("kind", ["init", "train", "eval"])
+def test_sbatch_files_match_their_golden_records(kind):
+    """What a site's scheduler receives, line by line. On a deliberate change: delete the record and rerun."""
+    record = ROOT / "tests" / "data" / f"sbatch-{kind}.golden.txt"
+    text = render_sbatch(kind)
+    if not record.exists():
+        record.write_text(text)
+        pytest.fail(f"wrote {record}: check it and commit it")
+    assert text == record.read_text(), f"sbatch for {kind} jobs changed; if that is intended, delete {record}"

@@ -102,3 +102,27 @@ def test_cli_exit_code_and_nothing_written(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "grid.epochs.0" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
+
+
+def test_docs_spec_lists_every_field():
+    """docs/spec.md's table names every field of the study file (``a.{b,c}.d`` stands for a.b.d and a.c.d)."""
+    import re
+    import typing
+
+    from braceexpand import braceexpand
+    from pydantic import BaseModel
+
+    from pisweep.study.spec import Study
+
+    def paths(model, prefix=""):
+        for name, field in model.model_fields.items():
+            args = typing.get_args(field.annotation) or (field.annotation,)
+            nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if nested and typing.get_origin(field.annotation) is not dict:
+                yield from paths(nested[0], f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "spec.md").read_text()
+    named = {p for span in re.findall(r"^\| `([^`]+)`", doc, re.M) for p in braceexpand(span)}
+    assert sorted(set(paths(Study)) - named) == []

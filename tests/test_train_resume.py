@@ -19,6 +19,8 @@ from pisweep.train.stage2 import run_stage2
 
 from helpers import make_shards, study
 
+pytestmark = pytest.mark.slow  # trains, or starts processes
+
 
 @pytest.fixture
 def one_thread():

@@ -20,6 +20,8 @@ from pisweep.train.stage2 import run_stage2
 
 from helpers import make_shards, study
 
+pytestmark = pytest.mark.slow  # trains, or starts processes
+
 
 def train(folder: Path, s, pattern: str, epochs: int, ctx: JobContext | None = None) -> JobContext:
     ctx = ctx or JobContext(uid="r", folder=folder)

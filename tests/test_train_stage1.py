@@ -20,6 +20,8 @@ from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleDa
 from pisweep.testing import StopAfter
 from pisweep.train.stage1 import _Stage1, hinge_loss, run_stage1, triplet_distances
 
+pytestmark = pytest.mark.slow  # trains, or starts processes
+
 NAME = "pisweep-tiny"
 COLUMNS = ["id", "left_vote", "right_vote", "votes", "ref_path", "left_path", "right_path", "prompt", "split",
            "is_imagenet"]

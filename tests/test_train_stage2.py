@@ -27,6 +27,8 @@ from pisweep.train.shards import build_table, plan_manifest
 from pisweep.train.stage2 import build_model, run_stage2
 from pisweep.train.tarindex import IndexCache, index_tar, scan_tar
 
+pytestmark = pytest.mark.slow  # trains, or starts processes
+
 NAME = "pisweep-tiny"
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 

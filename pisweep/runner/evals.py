@@ -10,7 +10,9 @@ import json
 import logging
 from pathlib import Path
 
+from pisweep.atomic import sha256_file
 from pisweep.job.context import JobContext, Preempted
+from pisweep.job.events import read_events
 from pisweep.job.paths import JobPaths
 from pisweep.study.spec import Study
 
@@ -40,6 +42,12 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
             continue
         if ctx.should_stop():
             raise Preempted(ctx.stop_signal or "stop", ctx.step)
+        changed = _weights_changed(ctx.folder, epoch)
+        if changed:  # evaluating it would report numbers of some other model as this epoch's
+            for task in todo:
+                ctx.emit("eval_state", epoch=epoch, task=task, suite_version=SUITE_VERSION, state="failed",
+                         reason=changed)
+            continue
         for task in todo:
             ctx.emit("eval_state", epoch=epoch, task=task, suite_version=SUITE_VERSION, state="running")
         log.info("evaluating epoch %d on %d tasks", epoch, len(todo))
@@ -47,6 +55,24 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
             ctx.emit("eval_state", epoch=epoch, task=res.task, suite_version=SUITE_VERSION, state=res.status,
                      reason=res.reason, path=res.json_path or res.path, metrics=_finite(res.metrics),
                      main_metric=res.main_metric)
+
+
+def _weights_changed(folder: Path, epoch: int) -> str | None:
+    """Why the weights file of ``epoch`` is not the one training wrote (its sha256 is in the run's checkpoint
+    event), or None when it is (or nothing was recorded to compare with)."""
+    recorded = None
+    for _, event in read_events(folder):
+        data = event.get("data") or {}
+        if event.get("kind") == "checkpoint" and data.get("kind") == "weights" and data.get("epoch") == epoch:
+            recorded = data.get("sha256")
+    path = JobPaths(folder).weights(epoch)
+    if not recorded or not path.is_file():
+        return None
+    actual = sha256_file(path)
+    if actual == recorded:
+        return None
+    return (f"{path} is not the file training wrote (sha256 {actual[:12]}, recorded {recorded[:12]}): it was "
+            f"replaced or damaged after epoch {epoch} was saved")
 
 
 def _previous(path: Path, version: str, folder: Path | None) -> dict | None:

@@ -20,7 +20,7 @@ from pisweep.job.contract import JobFile
 from pisweep.job.events import read_events
 from pisweep.runner.slurm import SlurmTask
 
-from helpers import make_shards, pause_setup, study
+from helpers import Pace, make_shards, pause_setup, study
 
 
 def write_job(tmp: Path, folder: str, epochs: int = 2) -> Path:
@@ -85,13 +85,15 @@ def test_two_tasks_run_the_launcher_as_two_nodes_with_ranks_in_sync(slurm_cluste
 
 
 def test_sigusr2_to_the_whole_step_stops_both_nodes_and_node_0_requeues(slurm_cluster, tmp_path):
+    pace = Pace()  # waits scale with how long this machine took to start the job and reach step 3
     job = submit(tmp_path, write_job(tmp_path, "run", epochs=3), pause_setup(3))
     slurm_cluster.track(job.job_id)
     run = tmp_path / "run"
-    slurm_cluster.wait_until(lambda: (run / "paused-3").exists(), 240, "the job to reach step 3")
+    slurm_cluster.wait_until(lambda: (run / "paused-3").exists(), pace.bound(), "the job to reach step 3")
+    pace.measured()
     # as SLURM does before a preemption: every process of the job step (launchers, ranks, loader workers)
     slurm_cluster.client("scancel", "--signal=USR2", job.job_id)
-    slurm_cluster.wait_until(lambda: events(run, "attempt_ended"), 120, "the job to save and stop")
+    slurm_cluster.wait_until(lambda: events(run, "attempt_ended"), pace.bound(), "the job to save and stop")
 
     def released() -> bool:
         """A requeued job is held ~120 s; start it now. Not within the second of the requeue: slurmd would
@@ -104,7 +106,8 @@ def test_sigusr2_to_the_whole_step_stops_both_nodes_and_node_0_requeues(slurm_cl
         return False
 
     slurm_cluster.wait_until(released, 120, "node 0 to requeue the job")
-    slurm_cluster.wait_until(lambda: len(events(run, "attempt_ended")) == 2, 300, "the resumed attempt to end")
+    slurm_cluster.wait_until(lambda: len(events(run, "attempt_ended")) == 2, 2 * pace.bound(),
+                             "the resumed attempt to end")
     slurm_cluster.wait_for_state(job.job_id, {"COMPLETED"}, timeout_s=120)  # and not requeued again
     ended = events(run, "attempt_ended")
     assert [(e["attempt"]["restart"], e["data"]["outcome"]) for e in ended] == [(0, "preempted"), (1, "completed")]
