@@ -2,10 +2,11 @@
 executors, status, the live view and the docs use these names and the sets below (tests/test_architecture.py
 checks that no other state name is compared anywhere in pisweep).
 
-A job stopped on request with its state saved is ``preempted`` when SLURM warned of a preemption or time limit
-(SIGUSR2; a SLURM job near its limit is a ``timeout``) and ``stopped`` when its controller asked (Ctrl-C, SIGTERM
-to the scheduler, a closed terminal, a lost controller, the local ``SIGTERM`` of ``pisweep cancel`` records
-``cancelled``). Neither counts against the retry budget.
+A job that saved its state because it was asked to stop is ``preempted`` when SLURM warned of a preemption
+(SIGUSR2; near the job's time limit the same warning makes it a ``timeout``), and ``stopped`` when its own
+controller asked: Ctrl-C, SIGTERM or SIGHUP to the local scheduler, a closed terminal, a controller that died.
+A stop asked by ``pisweep cancel`` is ``cancelled``. ``preempted`` and ``stopped`` never count against a budget;
+timeouts have their own (``executor.max_timeouts``).
 """
 from __future__ import annotations
 
