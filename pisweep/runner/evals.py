@@ -31,7 +31,8 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
         out = JobPaths(ctx.folder).evals(epoch)
         todo = []
         for task in tasks:
-            done = _previous(out / f"{get_task(task).file_stem}.json", SUITE_VERSION, evaluator.folder_of(task))
+            done = _previous(JobPaths(ctx.folder).eval_result(epoch, get_task(task).file_stem), SUITE_VERSION,
+                             evaluator.folder_of(task))
             if done is not None:
                 ctx.emit("eval_state", epoch=epoch, task=task, suite_version=SUITE_VERSION, **done)
             else:
@@ -75,7 +76,7 @@ def _weights_changed(folder: Path, epoch: int) -> str | None:
             f"replaced or damaged after epoch {epoch} was saved")
 
 
-def _previous(path: Path, version: str, folder: Path | None) -> dict | None:
+def _previous(path: Path, version: str, folder: Path | None = None) -> dict | None:
     """The recorded outcome of a task evaluated before, or None when it must run: no result, another suite version,
     or another folder (by name: the same folder on a new mount is the same data)."""
     try:
