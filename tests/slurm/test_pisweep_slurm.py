@@ -16,7 +16,7 @@ from pisweep.commands import session as app
 from pisweep.commands.status import status
 from pisweep.commands.studyref import resolve
 from pisweep.ledger.ingest import set_eval_states
-from pisweep.ledger.queries import attempts_of, snapshot
+from pisweep.ledger.queries import attempts_of, queued_evals, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = {"cpus_per_task": 1, "mem_gb": 2, "time_min": 10}
@@ -137,11 +137,22 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
                         reason="slurm job 999999", scheduler_id="999999")
     finally:
         s.close()
+
+    def submitted_for_it() -> str | None:
+        s = session_of(path)
+        try:
+            return queued_evals(s.ledger, s.name, s.suite_version).get((uid, epoch, task))
+        finally:
+            s.close()
+
     assert main(["status", str(path)]) == 0
-    assert pisweep_jobs(name) == before
+    assert submitted_for_it() == "999999"  # still queued for the lost job: status submitted nothing
     assert main(["submit", str(path)]) == 0
-    submitted = sum(map(len, pisweep_jobs(name).values())) - sum(map(len, before.values()))
-    assert submitted == 1, pisweep_jobs(name)
+    job_id = submitted_for_it()
+    assert job_id not in (None, "999999")
+    slurm_cluster.wait_for_state(job_id, {"COMPLETED"}, timeout_s=300)
+    total = sum(map(len, pisweep_jobs(name).values()))
+    assert total == sum(map(len, before.values())) + 1, pisweep_jobs(name)  # that eval job, and nothing else
 
 
 def test_evals_submitted_from_array_elements_complete(slurm_cluster, tmp_path, synth_root):
