@@ -35,5 +35,3 @@ PROBLEM_STATES: frozenset[JobState] = frozenset({"failed", "blocked", "vanished"
 SLURM_WATCHED: frozenset[JobState] = frozenset({"queued", "running", "preempted", "timeout", "failed", "blocked"})
 #: Evals with nothing left to do: a result, or no data for the task.
 EVAL_SETTLED: frozenset[EvalState] = frozenset({"done", "missing_data"})
-#: Evals waiting for or inside an eval job.
-EVAL_OPEN: frozenset[EvalState] = frozenset({"queued", "running"})

@@ -43,10 +43,6 @@ class JobPaths:
         return self.folder / "logs" / f"{kind}-{job_id}.log"
 
     @property
-    def logs(self) -> Path:
-        return self.folder / "logs"
-
-    @property
     def events(self) -> Path:
         return self.folder / EVENTS
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from pisweep.atomic import sha256_file
 from pisweep.job.context import JobContext, Preempted
-from pisweep.job.events import read_events
 from pisweep.job.paths import JobPaths
 from pisweep.study.spec import Study
 
@@ -27,6 +26,7 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
     evaluator = Evaluator(study.model.name, study.model.config, Path(eval_root) if eval_root else None,
                           overrides=dict(study.eval.folders), batch_size=study.eval.batch_size,
                           cache_dir=Path(cache_dir) if cache_dir else None, device=device)
+    recorded = _recorded_weights(ctx.folder)
     for epoch in sorted(epochs):
         out = JobPaths(ctx.folder).evals(epoch)
         todo = []
@@ -43,7 +43,7 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
             continue
         if ctx.should_stop():
             raise Preempted(ctx.stop_signal or "stop", ctx.step)
-        changed = _weights_changed(ctx.folder, epoch)
+        changed = _weights_changed(JobPaths(ctx.folder).weights(epoch), epoch, recorded.get(epoch))
         if changed:  # evaluating it would report numbers of some other model as this epoch's
             for task in todo:
                 ctx.emit("eval_state", epoch=epoch, task=task, suite_version=SUITE_VERSION, state="failed",
@@ -58,15 +58,22 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
                      main_metric=res.main_metric)
 
 
-def _weights_changed(folder: Path, epoch: int) -> str | None:
-    """Why the weights file of ``epoch`` is not the one training wrote (its sha256 is in the run's checkpoint
-    event), or None when it is (or nothing was recorded to compare with)."""
-    recorded = None
-    for _, event in read_events(folder):
-        data = event.get("data") or {}
-        if event.get("kind") == "checkpoint" and data.get("kind") == "weights" and data.get("epoch") == epoch:
-            recorded = data.get("sha256")
-    path = JobPaths(folder).weights(epoch)
+def _recorded_weights(folder: Path) -> dict[int, str]:
+    """epoch -> the sha256 training recorded for its weights file (the last checkpoint event of each epoch)."""
+    out: dict[int, str] = {}
+    for path in sorted(JobPaths(folder).events.glob("*-checkpoint.json")):
+        try:
+            data = json.loads(path.read_text()).get("data") or {}
+        except (OSError, ValueError):
+            continue
+        if data.get("kind") == "weights" and data.get("sha256"):
+            out[int(data["epoch"])] = data["sha256"]
+    return out
+
+
+def _weights_changed(path: Path, epoch: int, recorded: str | None) -> str | None:
+    """Why the weights file of ``epoch`` is not the one training wrote, or None when it is (or nothing was recorded
+    to compare with)."""
     if not recorded or not path.is_file():
         return None
     actual = sha256_file(path)

@@ -91,17 +91,18 @@ def result_view(study: Study, version: int, full: bool = False) -> dict[str, Any
             "stage2": _section(study, version, "stage2", full), "data": data}
 
 
-def init_identity(study: Study, version: int, method: str, seed: int) -> dict[str, Any]:
-    ident = {"method": method, "seed": seed + study.stage1.seed_offset, "model": _section(study, version, "model"),
-             "stage1": _section(study, version, "stage1"), "data": _data(study, version, "nights")}
+def init_identity(view: dict[str, Any], version: int, method: str, seed: int) -> dict[str, Any]:
+    """A stage-1 init's identity from its study's :func:`result_view`; ``seed``: the stage-1 seed (offset added)."""
+    ident = {"method": method, "seed": seed, "model": view["model"], "stage1": view["stage1"],
+             "data": view["data"]["nights"]}
     return _versioned(ident, version)
 
 
-def run_identity(study: Study, version: int, init: str, init_uid: str | None, scale: str, epochs: int,
+def run_identity(view: dict[str, Any], version: int, init: str, init_uid: str | None, scale: str, epochs: int,
                  seed: int) -> dict[str, Any]:
-    ident = {"init": init, "init_uid": init_uid, "model": _section(study, version, "model"),
-             "stage2": _section(study, version, "stage2"), "data": _data(study, version, "train", scale),
-             "epochs": epochs, "seed": seed}
+    """A stage-2 run's identity from its study's :func:`result_view`."""
+    ident = {"init": init, "init_uid": init_uid, "model": view["model"], "stage2": view["stage2"],
+             "data": view["data"]["train"][scale], "epochs": epochs, "seed": seed}
     return _versioned(ident, version)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pisweep.errors import PlanError
-from pisweep.study.identity import IDENTITY_VERSION, check_version, init_identity, run_identity, uid_of
+from pisweep.study.identity import IDENTITY_VERSION, init_identity, result_view, run_identity, uid_of
 from pisweep.study.spec import Study
 
 MAX_JOBS = 100_000  # a grid above these is refused before it is expanded (raise with --max-jobs / --max-evals)
@@ -114,7 +114,7 @@ def check_grid_size(study: Study, max_jobs: int = MAX_JOBS, max_evals: int = MAX
 
 def make_plan(study: Study, identity_version: int = IDENTITY_VERSION) -> Plan:
     """The study's jobs; ``identity_version``: the one its study is recorded with (new studies: the latest)."""
-    check_version(identity_version)
+    view = result_view(study, identity_version)  # once: every job's identity is made of its parts
     tasks = suite_tasks(study)
     inits: dict[tuple[str, int], InitJob] = {}
     runs: list[RunJob] = []
@@ -126,10 +126,10 @@ def make_plan(study: Study, identity_version: int = IDENTITY_VERSION) -> Plan:
                     if init != "random":
                         key = (init, seed)
                         if key not in inits:
-                            ident = init_identity(study, identity_version, init, seed)
+                            ident = init_identity(view, identity_version, init, seed + study.stage1.seed_offset)
                             inits[key] = InitJob(uid_of("init", ident), init, seed, ident)
                         init_uid = inits[key].uid
-                    ident = run_identity(study, identity_version, init, init_uid, scale, epochs, seed)
+                    ident = run_identity(view, identity_version, init, init_uid, scale, epochs, seed)
                     runs.append(RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
                                        eval_epochs(epochs, study.eval.every), ident))
     return Plan(study.name, tuple(inits.values()), tuple(runs), tasks, identity_version)
