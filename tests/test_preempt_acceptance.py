@@ -81,6 +81,12 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=PACE.bound())
     except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *descendants(proc.pid)]:  # every stack, to the output (tests/hooks/sitecustomize.py)
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+        time.sleep(3)
         os.killpg(proc.pid, signal.SIGKILL)
         for pid in descendants(proc.pid):
             try:
@@ -88,7 +94,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
             except ProcessLookupError:
                 pass
         out, _ = proc.communicate()
-        pytest.fail(f"the launcher did not end within {PACE.bound():.0f}s:\n{out[-4000:]}")
+        pytest.fail(f"the launcher did not end within {PACE.bound():.0f}s:\n{out[-20000:]}")
     return proc.returncode, out
 
 

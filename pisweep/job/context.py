@@ -2,12 +2,15 @@
 
 Signals (SIGUSR2 from SLURM before a preemption or time limit, SIGTERM) only set the flag; the training loop
 checks :meth:`JobContext.should_stop` at step boundaries, saves, and raises :class:`Preempted`.
+
+The flag is one attribute, written without a lock: a Python signal handler can run *inside* another one (SLURM and
+the launcher each send a SIGTERM, milliseconds apart), and a handler that takes a lock (``threading.Event.set``)
+then waits forever for the lock its outer run holds.
 """
 from __future__ import annotations
 
 import logging
 import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,8 +39,7 @@ class JobContext:
     attempt: dict[str, Any] = field(default_factory=attempt_from_env)
     step: int = 0
     epoch: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
-    stop_signal: str | None = None
+    stop_signal: str | None = None  # the latest stop request's name; None: none yet
     # Called after rank 0 wrote an event, e.g. the slurm executor submits an eval job for a new checkpoint.
     on_event: list[Callable[[str, dict[str, Any]], None]] = field(default_factory=list, repr=False)
 
@@ -49,11 +51,11 @@ class JobContext:
                 hook(kind, data)
 
     def request_stop(self, name: str) -> None:
+        """Ask the job to save and stop at its next step boundary. Safe in a signal handler, nested ones too."""
         self.stop_signal = name
-        self._stop.set()
 
     def should_stop(self) -> bool:
-        return self._stop.is_set()
+        return self.stop_signal is not None
 
     def pause_point(self, step: int) -> bool:
         """Called by the training loop at each step boundary it reaches after a start or resume. A real job never

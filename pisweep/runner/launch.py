@@ -236,27 +236,26 @@ def _thread_budget() -> int:
 class SignalForwarder:
     """Owns SIGUSR2/SIGTERM/SIGINT while the ranks run: the first one is kept and forwarded once to each rank.
 
-    The handler only records (no locks or I/O in a signal handler); a thread does the forwarding, and it waits
-    until a rank catches the signal (SigCgt in /proc/PID/status): before that, the signal would kill the rank.
+    The handler only records, in one attribute: no lock, since a handler can run inside another one (two signals
+    milliseconds apart) and would wait forever for the lock of its outer run. A thread polls that attribute and does
+    the forwarding, and it waits until a rank catches the signal (SigCgt in /proc/PID/status): before that, the
+    signal would kill the rank.
     Ranks are this process's children that lead their own session (the agent starts each in a new one); other
     children (an ``scontrol`` call, say) are left alone.
     """
 
-    def __init__(self, poll_s: float = 0.1):
+    def __init__(self, poll_s: float = 0.05):
         self.received: int | None = None
         self.forwarded: set[int] = set()
         self.poll_s = poll_s
-        self._wake = threading.Event()
-        self._done = threading.Event()
+        self._done = threading.Event()  # set by __exit__, outside any handler
 
     def _on_signal(self, signum: int, _frame) -> None:
         if self.received is None:
             self.received = signum
-        self._wake.set()
 
     def _run(self) -> None:
-        while not self._done.is_set():
-            self._wake.wait(self.poll_s)
+        while not self._done.wait(self.poll_s):
             sig = self.received
             if sig is None:
                 continue
@@ -283,7 +282,6 @@ class SignalForwarder:
 
             def __exit__(self, *exc):
                 forwarder._done.set()
-                forwarder._wake.set()
                 self.thread.join(timeout=5)
                 for s, h in self.previous.items():
                     signal.signal(s, h if h is not None else signal.SIG_DFL)
