@@ -26,13 +26,12 @@ from pisweep.job.events import write_event
 from pisweep.ledger import schema as t
 from pisweep.ledger.ingest import apply_event, ingest
 from pisweep.ledger.queries import snapshot
-from pisweep.report.analysis import Options, holm_resamples
-from pisweep.report.bootstrap import bootstrap_from_metrics
+from pisweep.report.analysis import Options
 from pisweep.report.build import build_report
 from pisweep.report.export import to_json, to_markdown
 from pisweep.report.html import to_html
+from pisweep.report.inference import interval, intervals
 from pisweep.report.render_terminal import report_renderables
-from pisweep.report.seedboot import intervals_from_metrics
 from pisweep.study.work import next_work
 
 TASKS = ["imagenet1k", "vtab/pets", "cifar10", "retrieval/flickr_1k_test_image_text_retrieval"]
@@ -40,7 +39,7 @@ ONSET = 4  # perceptual is better from this epoch on (identical outcomes before 
 EPOCHS = 6
 
 
-def spec_text(root: Path, seeds: tuple[int, ...] = (0, 1), inits: tuple[str, ...] = ("random", "perceptual")) -> str:
+def spec_text(root: Path, seeds: tuple[int, ...] = (0, 1, 2), inits: tuple[str, ...] = ("random", "perceptual")) -> str:
     return textwrap.dedent(f"""\
         name: rep
         output_root: {root / 'out'}
@@ -77,7 +76,7 @@ def per_example(task: str, init: str, seed: int, epoch: int) -> dict[str, np.nda
             "top5": correct | (u < p + 0.3), "n_classes": np.array(classes)}
 
 
-def make_study(root: Path, *, seeds=(0, 1), inits=("random", "perceptual"), reached=None, skip_tasks=(),
+def make_study(root: Path, *, seeds=(0, 1, 2), inits=("random", "perceptual"), reached=None, skip_tasks=(),
                npz: bool = True, failed: tuple[str, ...] = ()) -> app.Session:
     """Record the study and write each run's events (and per-example files) up to its reached epoch; ingest."""
     (root / "eval").mkdir(parents=True, exist_ok=True)
@@ -138,13 +137,13 @@ def done(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_report(done):
-    return report(done, full=True, resamples=400)
+    return report(done, full=True)
 
 
 # ---------------------------------------------------------------------------------------------------- analysis
 
 def test_emergence_epoch_of_a_known_effect(done):
-    rep = report(done, resamples=400)
+    rep = report(done)
     g = rep["groups"][0]
     e = g["main"]["emergence"]["perceptual-random"]
     assert e["emergence_epoch"] == ONSET and e["crossover_epoch"] == ONSET
@@ -152,7 +151,7 @@ def test_emergence_epoch_of_a_known_effect(done):
     rows = {r["epoch"]: r for r in g["main"]["rows"]}
     assert rows[ONSET - 1]["deltas"]["perceptual-random"]["delta"] == 0.0
     d = rows[ONSET]["deltas"]["perceptual-random"]
-    assert d["lo"] > 0 and d["method"] == "examples+paired-seeds" and d["n_a"] == d["n_b"] == 2
+    assert d["lo"] > 0 and d["method"] == "examples+seeds" and d["n_a"] == d["n_b"] == 3 and d["df"] == 2
     assert rep["method"]["fallbacks"] == {}
     # the terminal says it
     text = "\n".join(str(getattr(r, "plain", "")) for r in report_renderables(rep))
@@ -160,23 +159,22 @@ def test_emergence_epoch_of_a_known_effect(done):
 
 
 def test_last_epoch_table_wins_holm_and_retrieval(done):
-    rep = report(done, resamples=400)
+    rep = report(done)
     last = rep["groups"][0]["last"]["perceptual-random"]
-    # max(resamples, enough for Holm over the 4 tasks) rounded up to 1000s; 31 tasks need 1240, so 2000
-    assert last["epoch"] == EPOCHS and last["final"] and last["resamples"] == 1000
-    assert holm_resamples(Options(main_task="x"), 31) == 2000
-    assert holm_resamples(Options("x", resamples=3000), 31) == 3000
+    assert last["epoch"] == EPOCHS and last["final"]
     by = {r["task"]: r for r in last["tasks"]}
     assert by["cifar10"]["interval"] is None  # no data: listed, not dropped
     for task in ("imagenet1k", "vtab/pets", "retrieval/flickr_1k_test_image_text_retrieval"):
         assert by[task]["interval"]["delta"] > 0 and by[task]["outcome"] == "win", task
-    assert by["vtab/pets"]["interval"]["method"] == "examples+paired-seeds"
+    assert by["vtab/pets"]["interval"]["method"] == "examples+seeds"
     tally = last["tally"]
     assert (tally["classification"]["wins"], tally["classification"]["with_results"],
             tally["classification"]["planned"]) == (2, 2, 3)
     assert (tally["retrieval"]["wins"], tally["retrieval"]["planned"]) == (1, 1)
     assert tally["all"]["sign_p"] == pytest.approx(0.25)  # 3 wins, 0 losses
-    assert last["holm_attainable"]
+    # one interval per (task, epoch) in the whole report: the main table's last row is the last-epoch table's
+    main_last = rep["groups"][0]["main"]["rows"][-1]["deltas"]["perceptual-random"]
+    assert main_last == by["imagenet1k"]["interval"] | {"n_a": main_last["n_a"], "n_b": main_last["n_b"]}
     rr = [(r["direction"], r["k"]) for r in last["retrieval"]]
     assert sorted(rr) == sorted((d, k) for d in ("text→image", "image→text") for k in (1, 5, 10))
     assert all(r["interval"] is not None for r in last["retrieval"])
@@ -186,7 +184,7 @@ def test_last_epoch_table_wins_holm_and_retrieval(done):
 
 
 def test_main_task_is_configurable(done):
-    rep = report(done, main_task="vtab/pets", resamples=200)
+    rep = report(done, main_task="vtab/pets")
     assert rep["main_task"] == "vtab/pets" and rep["main_metric"] == "mean_per_class_recall"
     assert rep["groups"][0]["main"]["emergence"]["perceptual-random"]["emergence_epoch"] == ONSET
 
@@ -194,27 +192,27 @@ def test_main_task_is_configurable(done):
 def test_seed_level_fallback_without_per_example_files(tmp_path):
     s = make_study(tmp_path, seeds=(0, 1, 2), npz=False)
     try:
-        rep = report(s, resamples=300)
+        rep = report(s)
     finally:
         s.close()
-    assert set(rep["method"]["intervals"]) == {"paired-seeds"}
+    assert set(rep["method"]["intervals"]) == {"seeds"}
     assert rep["method"]["fallbacks"]["per-example files missing"] > 0
     row = rep["groups"][0]["main"]["rows"][-1]["deltas"]["perceptual-random"]
     vals = {arm: [aggregate_classification(per_example("imagenet1k", arm, sd, EPOCHS))["acc1"] for sd in (0, 1, 2)]
             for arm in ("perceptual", "random")}
-    ref = bootstrap_from_metrics(vals["perceptual"], vals["random"], seeds_a=[0, 1, 2], seeds_b=[0, 1, 2],
-                                 resamples=300, seed=0)
+    ref = interval(vals["perceptual"], vals["random"], seeds_a=[0, 1, 2], seeds_b=[0, 1, 2])
     assert (row["delta"], row["lo"], row["hi"], row["p"]) == pytest.approx((ref.delta, ref.lo, ref.hi, ref.p_value))
-    assert "Seed-level bootstrap" in to_markdown(rep)
+    md = to_markdown(rep)
+    assert "Seed-level intervals" in md and "the test set's noise is NOT in these intervals" in md
 
 
-def test_vectorized_seed_bootstrap_equals_one_call_per_key():
+def test_intervals_for_many_keys_equal_one_call_per_key():
     rng = np.random.default_rng(3)
     for sa, sb in (([0, 1, 2], [2, 0, 1]), ([0, 1], [0, 1, 2]), ([4], [4]), ([0], [5, 6])):
         a, b = rng.random((4, len(sa))), rng.random((4, len(sb)))
-        ivs = intervals_from_metrics(a, b, sa, sb, resamples=250, seed=5)
+        ivs = intervals(a, b, seeds_a=sa, seeds_b=sb)
         for k in range(4):
-            ref = bootstrap_from_metrics(a[k], b[k], seeds_a=sa, seeds_b=sb, resamples=250, seed=5)
+            ref = interval(a[k], b[k], seeds_a=sa, seeds_b=sb)
             got = ivs[k]
             for f in ("mean_a", "lo_a", "hi_a", "mean_b", "delta", "lo", "hi", "p_value"):
                 x, y = getattr(ref, f), getattr(got, f)
@@ -222,10 +220,34 @@ def test_vectorized_seed_bootstrap_equals_one_call_per_key():
             assert ref.method == got.method
 
 
+def test_one_seed_per_arm_draws_no_verdict_unless_told_and_says_so_everywhere(tmp_path):
+    s = make_study(tmp_path, seeds=(0,))
+    try:
+        rep, assumed = report(s, full=True), report(s, full=True, assume_no_seed_noise=True)
+    finally:
+        s.close()
+    g, ga = rep["groups"][0], assumed["groups"][0]
+    d = g["main"]["rows"][-1]["deltas"]["perceptual-random"]
+    assert d["method"] == "examples" and d["lo"] > 0 and not d["decides"]  # clearly above 0, yet no verdict
+    e = g["main"]["emergence"]["perceptual-random"]
+    assert e["emergence_epoch"] is None and not e["decides"] and e["crossover_epoch"] == ONSET
+    last = g["last"]["perceptual-random"]
+    assert {r["outcome"] for r in last["tasks"] if r["interval"]} == {"no verdict"}
+    assert last["tally"]["all"]["significant"]["win"] == 0
+    md = to_markdown(rep)
+    warning = "1 seed per arm: training randomness is NOT in these intervals, so no verdict is drawn"
+    assert md.count(warning) >= 3  # the main table, the last-epoch table, retrieval recall
+    assert "emergence epoch (perceptual − random): no verdict" in md
+    # asked to assume no seed noise: verdicts, labelled as such
+    assert ga["main"]["emergence"]["perceptual-random"]["emergence_epoch"] == ONSET
+    assert {r["outcome"] for r in ga["last"]["perceptual-random"]["tasks"] if r["interval"]} == {"win"}
+    assert "(assumed none: --assume-no-seed-noise)" in to_markdown(assumed)
+
+
 def test_still_running_study_marks_what_is_missing(tmp_path):
     s = make_study(tmp_path, reached={"perceptual-tiny-e6-s1": 5, "random-tiny-e6-s1": 0})
     try:
-        rep = report(s, resamples=300)
+        rep = report(s)
         md = to_markdown(rep)
     finally:
         s.close()
@@ -236,7 +258,7 @@ def test_still_running_study_marks_what_is_missing(tmp_path):
     rows = {r["epoch"]: r for r in g["main"]["rows"]}
     # random s1 never ran, so it does not block completeness; perceptual s1 stops at epoch 5
     assert rows[5]["complete"]["perceptual-random"] and not rows[6]["complete"]["perceptual-random"]
-    assert rows[6]["arms"]["perceptual"]["n"] == 1 and rows[6]["arms"]["random"]["n"] == 1
+    assert rows[6]["arms"]["perceptual"]["n"] == 2 and rows[6]["arms"]["random"]["n"] == 2
     e = g["main"]["emergence"]["perceptual-random"]
     assert e["epochs_used"] == [1, 2, 3, 4, 5] and e["emergence_epoch"] == ONSET and e["provisional"]
     assert g["last_epoch"] == 5 and not g["last"]["perceptual-random"]["final"]
@@ -247,7 +269,7 @@ def test_still_running_study_marks_what_is_missing(tmp_path):
 def test_study_with_a_shuffled_arm_compares_it_too(tmp_path):
     s = make_study(tmp_path, seeds=(0,), inits=("random", "perceptual", "shuffled"))
     try:
-        rep = report(s, resamples=200)
+        rep = report(s, assume_no_seed_noise=True)  # one seed per arm: judged from test-set noise, as asked
     finally:
         s.close()
     assert rep["comparisons"] == ["perceptual-random", "perceptual-shuffled"]
@@ -277,7 +299,7 @@ def test_cost_from_attempts_and_lost_hours(tmp_path):
         for kind, att, when, data in events:
             apply_event(conn, run.uid, {"kind": kind, "attempt": att, "time": when, "data": data})
     try:
-        rep = report(s, resamples=100)
+        rep = report(s)
     finally:
         s.close()
     row = next(r for r in rep["cost"]["runs"] if r["label"] == run.label)
@@ -349,7 +371,7 @@ def _strict(text: str) -> dict:
 def test_cli_json_md_csv_html(done, tmp_path, capsys):
     spec, ledger = str(done.ref.spec_path), str(done.ledger.path)
     capsys.readouterr()
-    args = ["report", spec, "--ledger", ledger, "--resamples", "200", "--plot", str(tmp_path / "p.png")]
+    args = ["report", spec, "--ledger", ledger, "--plot", str(tmp_path / "p.png")]
     assert main(args + ["--json", "--md", str(tmp_path / "r.md"), "--csv", str(tmp_path / "r.csv"),
                         "--html", str(tmp_path / "r.html")]) == 0
     rep = _strict(capsys.readouterr().out)
@@ -358,7 +380,7 @@ def test_cli_json_md_csv_html(done, tmp_path, capsys):
         assert key in rep, key
     g = rep["groups"][0]
     assert {"main", "last", "series", "last_epoch", "arms"} <= set(g)
-    assert rep["settings"]["resamples"] == 200 and rep["settings"]["holm_resamples"] == 1000
+    assert rep["settings"] == {"level": 0.95, "alpha": 0.05, "full": True, "assume_no_seed_noise": False}
     curve = next(c for c in rep["curves"] if c["task"] == "imagenet1k")
     assert curve["arms"] == ["random", "perceptual"] and [r["epoch"] for r in curve["rows"]] == list(range(1, 7))
     assert curve["rows"][-1]["delta_perceptual"] == pytest.approx(curve["rows"][-1]["perceptual"]
@@ -372,7 +394,7 @@ def test_cli_json_md_csv_html(done, tmp_path, capsys):
     with done.ledger.engine.connect() as conn:
         n = len(conn.execute(select(t.metrics.c.job_uid).join(t.jobs, t.jobs.c.uid == t.metrics.c.job_uid)
                              .where(t.jobs.c.kind == "train")).all())
-    assert len(lines) == n + 1 and n == 4 * EPOCHS * (1 + 3 + 3 + 7)  # train + 2 classification + retrieval
+    assert len(lines) == n + 1 and n == 6 * EPOCHS * (1 + 3 + 3 + 7)  # train + 2 classification + retrieval
     assert "<img" in (tmp_path / "r.html").read_text()
     # terminal form, and a main task the study does not have
     assert main(args) == 0
@@ -384,7 +406,7 @@ def test_cli_json_md_csv_html(done, tmp_path, capsys):
 def test_json_has_no_nan_even_with_one_seed(tmp_path):
     s = make_study(tmp_path, seeds=(0,), npz=False)  # seed-level with one seed: undefined intervals
     try:
-        rep = report(s, resamples=100)
+        rep = report(s)
     finally:
         s.close()
     data = _strict(to_json(rep))
@@ -448,9 +470,9 @@ def test_report_of_a_study_without_results_or_without_a_comparison(tmp_path, ini
     runs = [f"{i}-tiny-e6-s0" for i in inits]
     s = make_study(tmp_path, seeds=(0,), inits=inits, reached={r: reached for r in runs} if reached == 0 else None)
     try:
-        rep = report(s, resamples=100)
+        rep = report(s)
         md = to_markdown(rep)
-        page = to_html(report(s, resamples=100, full=True))
+        page = to_html(report(s, full=True))
     finally:
         s.close()
     assert rep["coverage"]["still_running"] == (reached == 0)

@@ -92,13 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG of the main benchmark's curves here (with --json: by default "
                                   "<output_root>/reports/<study>-main.png)")
     p.add_argument("--main-task", help="main benchmark (default: the study's eval.main_task, ImageNet-1K)")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples per (benchmark, epoch) "
-                                                               "(default 1000)")
-    p.add_argument("--holm-resamples", type=int,
-                   help="resamples for the last-epoch table (default: enough for Holm across its tasks, e.g. 2000)")
-    p.add_argument("--seed", type=int, default=0, help="the bootstrap's generator seed (default 0)")
+    p.add_argument("--assume-no-seed-noise", action="store_true",
+                   help="with one seed per arm, draw verdicts (wins, emergence) from test-set noise alone; the report "
+                        "labels every such interval (by default one seed gives no verdict)")
     p.add_argument("--seed-level", action="store_true",
-                   help="skip the per-example files: seed-level bootstrap from the ledger's values (faster, weaker)")
+                   help="skip the per-example files: intervals from the ledger's per-seed values only (faster; "
+                        "the test set's noise is then not in them)")
 
     p = sub.add_parser("plan", help="show what would be run, without running it")
     p.add_argument("study")
@@ -245,9 +244,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     ref = resolve(args.study, args.ledger, on_wait=waiting, submitted=True)
     full = bool(args.json or args.html or args.md)
     with app.open_session(ref, on_wait=waiting, read=True) as s:
-        opts = check_options(Options(main_task=args.main_task or ref.study.eval.main_task, resamples=args.resamples,
-                                     holm_resamples=args.holm_resamples, seed=args.seed, full=full,
-                                     per_example=not args.seed_level), s.plan.tasks)
+        opts = check_options(Options(main_task=args.main_task or ref.study.eval.main_task, full=full,
+                                     per_example=not args.seed_level,
+                                     assume_no_seed_noise=args.assume_no_seed_noise), s.plan.tasks)
         app.reconcile(s)
         rep = build_report(s.ledger, ref.study, s.plan, s.suite_version, opts)
         rows = None

@@ -1,6 +1,6 @@
 """CLIP_benchmark's zero-shot metrics, computed from compact per-example results (pure numpy).
 
-Why per-example first: the report's paired bootstrap resamples examples, so every aggregate must be a
+Why per-example first: the report's intervals need each run's per-example outcomes, so every aggregate must be a
 function of small per-example arrays that we store, not of logits we throw away.
 
 Semantics (CLIP_benchmark 1.6.2, metrics/zeroshot_classification.py and zeroshot_retrieval.py):

@@ -15,24 +15,33 @@ import numpy as np
 
 from pisweep.errors import PisweepError
 from pisweep.eval import registry
-from pisweep.report.bootstrap import Interval
 from pisweep.report.data import Group, Run, StudyData, main_values, metric_values
-from pisweep.report.emergence import crossover_epoch, emergence_epoch, resamples_for_holm, sign_test, tally
+from pisweep.report.emergence import crossover_epoch, emergence_epoch, sign_test, tally
 from pisweep.report.estimate import Estimator, interval_dict
+from pisweep.report.inference import Interval
 
 DEFINITIONS = {
     "delta": "A − B of the task's main metric, each arm's value being the mean over its seeds (perceptual − random; "
              "perceptual − shuffled when the study has a shuffled arm).",
-    "interval": "percentile interval of a paired bootstrap: examples are drawn with replacement once for all runs of "
-                "both arms (within class for mean per-class recall), seeds are drawn as pairs when both arms ran the "
-                "same seeds; fixed generator seed. Without per-example files: seeds only (weaker, marked).",
-    "p": "two-sided bootstrap p of delta = 0: min(1, 2 (1 + min(#{δ* ≤ 0}, #{δ* ≥ 0})) / (R + 1)).",
+    "estimand": "Δ = the expected difference of the arms' metric over training randomness (seeds), on the population "
+                "this test set is drawn from: both the seeds and the test set's sampling noise are in an interval.",
+    "interval": "Δ ± t·se, t Student's with S − 1 degrees of freedom (S seeds per arm, paired by seed id; "
+                "S_a + S_b − 2 unpaired): se² = var(per-seed Δ)/S + the test-set variance all seeds share (from the "
+                "per-example files: examples within class for mean per-class recall, images with all their captions "
+                "for retrieval). One seed per arm: the test-set variance alone (normal), and training randomness is "
+                "not in the interval. Without per-example files: the seed part alone (test-set noise not included).",
+    "p": "two-sided p of Δ = 0 from the same t: the interval excludes 0 exactly when p < 1 − level.",
+    "verdict": "a win or loss needs an interval that includes seed noise (at least 2 seeds in an arm, or "
+               "--assume-no-seed-noise): for one task and epoch the interval excludes 0; across a table's tasks "
+               "Holm's adjusted p is below alpha. With one seed per arm there is no verdict.",
     "emergence epoch": "first evaluated epoch from which the delta's lower bound is above zero at that epoch and at "
                        "every later evaluated epoch; only epochs evaluated for every run of both arms count; none "
-                       "('not yet') when the last such epoch's bound is not above zero.",
+                       "('not yet') when the last such epoch's bound is not above zero; no emergence is claimed from "
+                       "intervals without seed noise (one seed per arm).",
     "crossover epoch": "the same with the point delta instead of the lower bound.",
     "win / loss / tie": "per task at the last epoch, from the Holm-adjusted p across the table's tasks: win when it "
-                        "is below alpha and the delta is positive, loss when negative, else tie.",
+                        "is below alpha and the delta is positive, loss when negative, else tie; 'no verdict' when "
+                        "the interval does not include seed noise.",
     "win count": "tasks whose point delta is above zero (losses below, ties exactly zero), with an exact two-sided "
                  "sign test of wins vs losses (ties dropped).",
     "lost hours": "for an attempt that ended without saving (failed, timeout, vanished, cancelled) and was followed "
@@ -43,13 +52,11 @@ DEFINITIONS = {
 @dataclass(frozen=True)
 class Options:
     main_task: str
-    resamples: int = 1000
-    holm_resamples: int | None = None  # None: enough for Holm across the table's tasks, rounded up to 1000s
-    seed: int = 0
     level: float = 0.95
     alpha: float = 0.05
     full: bool = False
     per_example: bool = True
+    assume_no_seed_noise: bool = False  # one seed per arm: verdicts from test-set noise alone (labelled)
 
 
 class ReportError(PisweepError):
@@ -61,10 +68,6 @@ class ReportError(PisweepError):
 def check_options(opts: Options, tasks: tuple[str, ...] | list[str]) -> Options:
     if opts.main_task not in tasks:
         raise ReportError(f"main task {opts.main_task!r} is not one of the study's tasks: {', '.join(tasks)}")
-    for name in ("resamples", "holm_resamples"):
-        v = getattr(opts, name)
-        if v is not None and v < 1:
-            raise ReportError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
     if not 0 < opts.level < 1 or not 0 < opts.alpha < 1:
         raise ReportError(f"level and alpha must be in (0, 1), got {opts.level} and {opts.alpha}")
     return opts
@@ -81,13 +84,6 @@ def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str]]:
 
 def cmp_key(c: tuple[str, str]) -> str:
     return f"{c[0]}-{c[1]}"
-
-
-def holm_resamples(opts: Options, tasks: int) -> int:
-    if opts.holm_resamples:
-        return opts.holm_resamples
-    need = resamples_for_holm(tasks, opts.alpha)
-    return max(opts.resamples, int(math.ceil(need / 1000.0)) * 1000)
 
 
 class _Values:
@@ -122,17 +118,16 @@ def _idx(runs: list[Run]) -> np.ndarray:
 
 
 def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
-    est = Estimator(seed=opts.seed, level=opts.level, per_example=opts.per_example)
+    est = Estimator(level=opts.level, per_example=opts.per_example, assume_no_seed_noise=opts.assume_no_seed_noise)
     values = _Values(data)
     cmps = comparisons(data.arms)
-    r_holm = holm_resamples(opts, len(data.tasks))
     series_tasks = list(data.tasks) if opts.full else [opts.main_task]
     groups, finalizers = [], []
     for g in data.groups:
         gr = _group_header(data, g)
         gr["series"] = {}
         for task in series_tasks:
-            s, fin = _series(data, est, g, task, values.all_epochs(task), cmps, opts.resamples)
+            s, fin = _series(data, est, g, task, values.all_epochs(task), cmps)
             gr["series"][task] = s
             finalizers.append(fin)
         groups.append(gr)
@@ -143,7 +138,7 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
         for g, gr in zip(data.groups, groups):
             if gr["last_epoch"] is None:
                 gr["last_epoch"] = max((e for t in data.tasks if t != opts.main_task for e in
-                                        [_last_epoch(_series(data, None, g, t, values.all_epochs(t), cmps, 0)[0], cmps)]
+                                        [_last_epoch(_series(data, None, g, t, values.all_epochs(t), cmps)[0], cmps)]
                                         if e is not None), default=None)
     wanted = {gr["last_epoch"] for gr in groups if gr["last_epoch"] is not None}
     tables = []
@@ -152,8 +147,7 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
         if gr["last_epoch"] is None:
             continue
         for c in cmps:
-            tables.append((gr, c, _last_table(data, est, g, gr["last_epoch"], c, values, wanted, r_holm,
-                                              opts.resamples)))
+            tables.append((gr, c, _last_table(data, est, g, gr["last_epoch"], c, values, wanted)))
     est.flush()
     for fin in finalizers:
         fin()
@@ -165,8 +159,8 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
             gr.pop("series")
     return {"main_task": opts.main_task, "main_metric": registry.get_task(opts.main_task).main_metric,
             "comparisons": [cmp_key(c) for c in cmps], "arms": list(data.arms), "groups": groups,
-            "settings": {"resamples": opts.resamples, "holm_resamples": r_holm, "level": opts.level,
-                         "alpha": opts.alpha, "seed": opts.seed, "full": opts.full},
+            "settings": {"level": opts.level, "alpha": opts.alpha, "full": opts.full,
+                         "assume_no_seed_noise": opts.assume_no_seed_noise},
             "method": {"intervals": dict(est.methods), "fallbacks": dict(est.fallbacks),
                        "fallback_examples": dict(est.fallback_example)},
             "definitions": DEFINITIONS}
@@ -184,7 +178,7 @@ def _group_header(data: StudyData, g: Group) -> dict[str, Any]:
 
 
 def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.ndarray,
-            cmps: list[tuple[str, str]], resamples: int) -> tuple[dict[str, Any], Callable[[], None]]:
+            cmps: list[tuple[str, str]]) -> tuple[dict[str, Any], Callable[[], None]]:
     """One task over the evaluated epochs of one group: arm means, intervals per comparison, emergence."""
     meta = registry.get_task(task)
     runs = {arm: data.runs_of(g, arm) for arm in data.arms}
@@ -218,7 +212,7 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
             if ok_a.any() and ok_b.any() and est is not None:
                 ia, ib = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
                 est.request(task, meta.main_metric, e, [runs[a][i] for i in ia], [runs[b][i] for i in ib],
-                            sub[a][ia, e].tolist(), sub[b][ib, e].tolist(), resamples, _store(row, c, len(ia), len(ib)))
+                            sub[a][ia, e].tolist(), sub[b][ib, e].tolist(), _store(row, c, len(ia), len(ib)))
     if est is None:  # only the completeness was wanted
         for c in cmps:
             s["emergence"][cmp_key(c)] = {"epochs_used": [r["epoch"] for r in rows if r["complete"][cmp_key(c)]]}
@@ -228,11 +222,13 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
             k = cmp_key(c)
             used = [r for r in rows if r["complete"][k] and r["deltas"].get(k)]
             ep = [r["epoch"] for r in used]
-            emerge = emergence_epoch(ep, [r["deltas"][k]["lo"] for r in used])
+            decides = bool(used) and all(r["deltas"][k]["decides"] for r in used)
+            emerge = emergence_epoch(ep, [r["deltas"][k]["lo"] for r in used]) if decides else None
             cross = crossover_epoch(ep, [r["deltas"][k]["delta"] for r in used])
             s["emergence"][k] = {"emergence_epoch": emerge, "crossover_epoch": cross, "epochs_used": ep,
                                  "provisional": emerge is not None and (emerge == ep[-1] or ep[-1] < g.epochs),
-                                 "through_epoch": ep[-1] if ep else None, "budget": g.epochs}
+                                 "through_epoch": ep[-1] if ep else None, "budget": g.epochs,
+                                 "decides": decides, "includes": used[-1]["deltas"][k]["includes"] if used else None}
         for row in rows:
             for c in cmps:
                 d = row["deltas"].get(cmp_key(c))
@@ -260,17 +256,17 @@ def _last_epoch(series: dict[str, Any] | None, cmps: list[tuple[str, str]]) -> i
 
 
 def _last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[str, str], values: _Values,
-                wanted: set[int], r_holm: int, resamples: int) -> Callable[[float], dict[str, Any]]:
-    """Every task at ``epoch``: both arms, delta, interval (R = r_holm), and retrieval recall@k both ways."""
+                wanted: set[int]) -> Callable[[float], dict[str, Any]]:
+    """Every task at ``epoch``: both arms, delta, interval, and retrieval recall@k both ways."""
     a_runs, b_runs = data.runs_of(g, c[0]), data.runs_of(g, c[1])
     idx_a, idx_b = _idx(a_runs), _idx(b_runs)
     rows, retrieval = [], []
 
-    def ask(task: str, metric: str, va: np.ndarray, vb: np.ndarray, r: int, done: Callable[[Interval], None]) -> None:
+    def ask(task: str, metric: str, va: np.ndarray, vb: np.ndarray, done: Callable[[Interval], None]) -> None:
         ia, ib = np.flatnonzero(np.isfinite(va)), np.flatnonzero(np.isfinite(vb))
         if len(ia) and len(ib):
             est.request(task, metric, epoch, [a_runs[i] for i in ia], [b_runs[i] for i in ib], va[ia].tolist(),
-                        vb[ib].tolist(), r, done)
+                        vb[ib].tolist(), done)
 
     for task in data.tasks:
         meta = registry.get_task(task)
@@ -280,7 +276,7 @@ def _last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[
                "n_a": int(np.isfinite(va).sum()), "n_b": int(np.isfinite(vb).sum()), "planned_a": len(a_runs),
                "planned_b": len(b_runs), "interval": None}
         rows.append(row)
-        ask(task, meta.main_metric, va, vb, r_holm,
+        ask(task, meta.main_metric, va, vb,
             lambda iv, row=row: row.__setitem__("interval", interval_dict(iv, row["n_a"], row["n_b"])))
         if meta.kind == registry.RETRIEVAL:
             names = [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in registry.RECALL_K]
@@ -290,12 +286,12 @@ def _last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[
                         "direction": "text→image" if name.startswith("image") else "image→text",
                         "k": int(name.rsplit("@", 1)[1]), "interval": None}
                 retrieval.append(rrow)
-                ask(task, name, both[name][idx_a], both[name][idx_b], resamples,
+                ask(task, name, both[name][idx_a], both[name][idx_b],
                     lambda iv, rrow=rrow: rrow.__setitem__("interval", interval_dict(iv)))
 
     def finalize(alpha: float) -> dict[str, Any]:
         ivs = {r["task"]: r["interval"] for r in rows if r["interval"] and math.isfinite(r["interval"]["delta"])}
-        t = tally({k: _as_interval(v) for k, v in ivs.items()}, alpha=alpha)
+        t = tally({k: (v["delta"], v["p"], v["decides"]) for k, v in ivs.items()}, alpha=alpha)
         for r in rows:
             if r["task"] in ivs:
                 r["p_holm"] = t.p_adjusted[r["task"]]
@@ -309,12 +305,7 @@ def _last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[
             counts[kind] = {"wins": w, "losses": lo, "ties": len(sel) - w - lo, "with_results": len(sel),
                             "planned": planned, "sign_p": sign_test(w, lo),
                             "significant": {o: sum(1 for r in sel if r.get("outcome") == o)
-                                            for o in ("win", "loss", "tie")}}
-        return {"epoch": epoch, "final": epoch == g.epochs, "resamples": r_holm, "tasks": rows,
-                "tally": counts, "holm_attainable": t.holm_attainable, "alpha": alpha, "retrieval": retrieval}
+                                            for o in ("win", "loss", "tie", "no verdict")}}
+        return {"epoch": epoch, "final": epoch == g.epochs, "tasks": rows, "tally": counts, "alpha": alpha,
+                "retrieval": retrieval}
     return finalize
-
-
-def _as_interval(d: dict[str, Any]) -> Interval:
-    return Interval(d["mean_a"], d["lo_a"], d["hi_a"], d["mean_b"], d["lo_b"], d["hi_b"], d["delta"], d["lo"], d["hi"],
-                    d["p"], 0.95, d["resamples"], d["method"], d["n_a"], d["n_b"])

@@ -62,7 +62,8 @@ def pval(p: float | None) -> str:
 
 
 def tone_of(d: dict[str, Any] | None) -> str:
-    if not d or d.get("lo") is None or (isinstance(d["lo"], float) and math.isnan(d["lo"])):
+    """Green or red only for an interval that may decide (it holds seed noise) and excludes 0."""
+    if not d or not d.get("decides") or d.get("lo") is None or (isinstance(d["lo"], float) and math.isnan(d["lo"])):
         return PLAIN
     return GOOD if d["lo"] > 0 else BAD if d["hi"] < 0 else PLAIN
 
@@ -93,9 +94,9 @@ def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
     main = registry.get_task(rep["main_task"])
     out = [Block("h1", f"pisweep report · study {rep['study']}")]
     out.append(Block("p", f"main benchmark {main.display_name} ({rep['main_task']}, {rep['main_metric']}) · "
-                          f"{int(s['level'] * 100)}% intervals · {s['resamples']} bootstrap resamples per epoch, "
-                          f"{s['holm_resamples']} for the last-epoch table (Holm across its tasks, alpha "
-                          f"{s['alpha']}) · generator seed {s['seed']} · suite v{rep['suite_version']}"))
+                          f"{int(s['level'] * 100)}% intervals over seeds and test set (t, S − 1 degrees of "
+                          f"freedom) · verdicts: Holm across a table's tasks at alpha {s['alpha']} · "
+                          f"suite v{rep['suite_version']}"))
     out.append(Block("p", method_text(rep), WARN if rep["method"]["fallbacks"] else PLAIN))
     cov = rep["coverage"]
     if cov["still_running"]:
@@ -112,22 +113,34 @@ def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
     return out
 
 
-METHODS = {"examples": "per-example bootstrap (one seed per arm)",
-           "examples+paired-seeds": "per-example bootstrap, seeds paired",
-           "examples+seeds": "per-example bootstrap, seeds resampled per arm",
-           "paired-seeds": "seed-level bootstrap, seeds paired (fallback)",
-           "seeds": "seed-level bootstrap (fallback)"}
+METHODS = {"examples+seeds": "seeds and test set",
+           "examples": "test set only (1 seed per arm: training randomness not included)",
+           "seeds": "seeds only (no per-example files: test-set noise not included)",
+           "none": "none (1 seed per arm and no per-example files)"}
+
+
+def noise_note(ivs: list[dict[str, Any] | None], assumed: bool = False) -> str:
+    """What a table's or a plot's intervals leave out, said where they are shown ('' when nothing is)."""
+    methods = {iv["method"] for iv in ivs if iv}
+    notes = []
+    if "examples" in methods:
+        notes.append("1 seed per arm: training randomness is NOT in these intervals"
+                     + (" (assumed none: --assume-no-seed-noise)" if assumed else ", so no verdict is drawn"))
+    if "seeds" in methods:
+        notes.append("seed-level only: the test set's noise is NOT in these intervals")
+    if "none" in methods:
+        notes.append("1 seed per arm without per-example files: no interval")
+    return "; ".join(notes)
 
 
 def method_text(rep: dict[str, Any]) -> str:
     m = rep["method"]
     done = ", ".join(f"{METHODS.get(k, k)}: {n}" for k, n in sorted(m["intervals"].items())) or "none yet"
-    text = f"intervals: {done}."
+    text = f"what the intervals include: {done}."
     if m["fallbacks"]:
         why = "; ".join(f"{k} ({n}, e.g. {m['fallback_examples'].get(k, '')})" for k, n in m["fallbacks"].items())
-        text += (" Seed-level bootstrap from the ledger's per-run values where per-example results were not usable: "
-                 + why + ". Seed-level intervals ignore the test set's noise (weaker), and are undefined with one "
-                         "seed per arm.")
+        text += (" Seed-level intervals from the ledger's per-run values where per-example results were not usable: "
+                 + why + ". They leave the test set's noise out, and are undefined with one seed per arm.")
     return text
 
 
@@ -141,8 +154,11 @@ def group_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list
     for c in cmps:
         cols += [(f"Δ {c.replace('-', '−')}", "right"), ("p", "right")]
     cols.append(("runs", "right"))
+    note = noise_note([d for row in (main or {}).get("rows", []) for d in row["deltas"].values()],
+                      rep["settings"]["assume_no_seed_noise"])
     t = Table(f"{registry.get_task(rep['main_task']).display_name} ({rep['main_metric']}) per evaluated epoch: "
-              f"mean over seeds [{int(rep['settings']['level'] * 100)}% interval]", cols)
+              f"mean over seeds [{int(rep['settings']['level'] * 100)}% interval]" + (f" · {note}" if note else ""),
+              cols)
     for row in (main or {}).get("rows", []):
         complete = all(row["complete"].values()) if row["complete"] else True
         cells = [Cell(f"{row['epoch']}" + ("" if complete else "*"))]
@@ -187,6 +203,9 @@ def emergence_text(c: str, e: dict[str, Any]) -> str:
     cross = e.get("crossover_epoch")
     cross_t = f"crossover epoch {cross}" if cross is not None else "no crossover (the mean delta is not above zero "\
                                                                    "through the last epoch)"
+    if not e.get("decides", True):
+        return (f"emergence epoch ({a} − {b}): no verdict ({span}; its intervals leave training randomness out: "
+                f"run 2+ seeds per arm, or --assume-no-seed-noise) · {cross_t}")
     if e.get("emergence_epoch") is None:
         return f"emergence epoch ({a} − {b}): not yet ({span}) · {cross_t}"
     prov = " (provisional: the last evaluated epoch or short of the budget)" if e.get("provisional") else ""
@@ -196,7 +215,8 @@ def emergence_text(c: str, e: dict[str, Any]) -> str:
 def last_blocks(rep: dict[str, Any], gr: dict[str, Any], c: str, last: dict[str, Any]) -> list[Block]:
     a, b = arm_names(c)
     state = "final" if last["final"] else f"budget {gr['epochs']}: still running"
-    t = Table(f"epoch {last['epoch']} ({state}) · every benchmark · {a} vs {b} · {last['resamples']} resamples",
+    note = noise_note([r["interval"] for r in last["tasks"]], rep["settings"]["assume_no_seed_noise"])
+    t = Table(f"epoch {last['epoch']} ({state}) · every benchmark · {a} vs {b}" + (f" · {note}" if note else ""),
               [("benchmark", "left"), ("metric", "left"), (b, "right"), (a, "right"), ("Δ [interval]", "right"),
                ("p", "right"), ("p Holm", "right"), ("outcome", "left"), ("runs", "right")])
     missing = []
@@ -209,7 +229,7 @@ def last_blocks(rep: dict[str, Any], gr: dict[str, Any], c: str, last: dict[str,
         t.rows.append([Cell(r["name"]), Cell(r["metric"]), Cell(num(iv["mean_b"])), Cell(num(iv["mean_a"])),
                        Cell(f"{signed(iv['delta'])} {interval(iv['lo'], iv['hi'], True)}".strip(), tone_of(iv)),
                        Cell(pval(iv["p"])), Cell(pval(r.get("p_holm"))),
-                       Cell(o, GOOD if o == "win" else BAD if o == "loss" else PLAIN),
+                       Cell(o, GOOD if o == "win" else BAD if o == "loss" else DIM if o == "no verdict" else PLAIN),
                        Cell(f"{r['n_a']}/{r['planned_a']} {r['n_b']}/{r['planned_b']}")])
     out = [Block("table", table=t)] if t.rows else []
     if missing:
@@ -224,18 +244,18 @@ def last_blocks(rep: dict[str, Any], gr: dict[str, Any], c: str, last: dict[str,
                          f"p = {pval(k['sign_p'])})")
     al = tl["all"]
     sig = al["significant"]
+    judged = (f"after Holm at {last['alpha']}: {sig['win']} wins, {sig['loss']} losses, {sig['tie']} ties"
+              + (f", {sig['no verdict']} without a verdict" if sig.get("no verdict") else ""))
     out.append(Block("p", f"wins ({a} > {b}): " + ", ".join(parts) + f"; all {al['wins']}/{al['with_results']} "
-                          f"(p = {pval(al['sign_p'])}) · after Holm at {last['alpha']}: {sig['win']} wins, "
-                          f"{sig['loss']} losses, {sig['tie']} ties"))
-    if not last["holm_attainable"]:
-        out.append(Block("p", f"with {last['resamples']} resamples no task can pass Holm across "
-                              f"{al['with_results']} tasks (use more resamples: --resamples)", WARN))
+                          f"(p = {pval(al['sign_p'])}) · {judged}"))
     rr = [r for r in last["retrieval"] if r["interval"]]
     absent = sorted({f"{r['name']} {r['direction']} R@{r['k']}" for r in last["retrieval"] if not r["interval"]})
     if absent:
         out.append(Block("p", f"no retrieval recall at epoch {last['epoch']} for: {', '.join(absent)}", WARN))
     if rr:
-        t2 = Table(f"retrieval recall@k at epoch {last['epoch']} · {a} vs {b}",
+        note2 = noise_note([r["interval"] for r in rr], rep["settings"]["assume_no_seed_noise"])
+        t2 = Table(f"retrieval recall@k at epoch {last['epoch']} · {a} vs {b} (resampled by image)"
+                   + (f" · {note2}" if note2 else ""),
                    [("benchmark", "left"), ("direction", "left"), ("k", "right"), (b, "right"), (a, "right"),
                     ("Δ [interval]", "right"), ("p", "right")])
         for r in rr:

@@ -4,8 +4,8 @@ Definitions (also in docs/statistics.md):
 - emergence epoch: the first evaluated epoch from which the delta's interval lower bound is above zero
   at that epoch and at every later evaluated epoch; None ("not yet") when the last one is not.
 - crossover epoch: the same with the point (mean) delta instead of the lower bound.
-- win/loss/tie of one task: a win when the delta is significantly above zero, a loss when significantly
-  below, else a tie; "significantly" is the interval excluding zero, or a Holm-adjusted p below alpha.
+- win/loss/tie of one task: a win when its Holm-adjusted p (across a table's tasks) is below alpha and the delta
+  is positive, a loss when negative, else a tie; "no verdict" when its interval leaves seed noise out.
 - win count and sign test: tasks whose point delta is above / below zero, exact two-sided binomial test
   with ties (delta exactly zero) dropped.
 """
@@ -15,9 +15,9 @@ import dataclasses
 import math
 from typing import Literal, Mapping, Sequence
 
-from pisweep.report.bootstrap import Interval, StatsError
+from pisweep.report.inference import StatsError
 
-Outcome = Literal["win", "loss", "tie"]
+Outcome = Literal["win", "loss", "tie", "no verdict"]
 
 
 def emergence_epoch(epochs: Sequence[int], lower_bounds: Sequence[float]) -> int | None:
@@ -50,17 +50,6 @@ def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def resamples_for_holm(tests: int, alpha: float = 0.05) -> int:
-    """Fewest bootstrap resamples R at which the smallest p, 2 / (R + 1), survives Holm over `tests` tasks.
-
-    The p of a bootstrap with R resamples is never below 2 / (R + 1); Holm multiplies the smallest p by
-    the number of tests, so 31 tasks at alpha 0.05 need R >= 1240 before any task can be significant.
-    """
-    if tests < 0 or not 0.0 < alpha < 1.0:
-        raise StatsError(f"need tests >= 0 and alpha in (0, 1), got {tests} and {alpha}")
-    return max(1, math.floor(2 * tests / alpha))
-
-
 def sign_test(wins: int, losses: int) -> float:
     """Exact two-sided binomial test of wins vs losses at 1/2 (ties already dropped); 1.0 when both are 0."""
     if wins < 0 or losses < 0:
@@ -72,16 +61,13 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2.0 * tail / 2.0 ** n)
 
 
-def win_loss_tie(interval: Interval, *, p_adjusted: float | None = None, alpha: float = 0.05) -> Outcome:
-    """Significance of one task's delta: by its interval (lo > 0 / hi < 0), or by an adjusted p < alpha."""
-    if p_adjusted is None:
-        if interval.lo > 0.0:
-            return "win"
-        if interval.hi < 0.0:
-            return "loss"
-        return "tie"
-    if p_adjusted < alpha and interval.delta != 0.0:
-        return "win" if interval.delta > 0.0 else "loss"
+def verdict(delta: float, p_adjusted: float, decides: bool, alpha: float = 0.05) -> Outcome:
+    """A task's outcome: win or loss when its (adjusted) p is below alpha, else tie; no verdict when its interval
+    leaves seed noise out (one seed per arm) or there is none."""
+    if not decides or math.isnan(p_adjusted):
+        return "no verdict"
+    if p_adjusted < alpha and delta != 0.0:
+        return "win" if delta > 0.0 else "loss"
     return "tie"
 
 
@@ -93,28 +79,27 @@ class Tally:
     losses: int  # point delta < 0
     ties: int  # point delta == 0
     sign_p: float
-    p_adjusted: dict[str, float]
-    outcome: dict[str, Outcome]  # per task, from the Holm-adjusted p
-    holm_attainable: bool  # False: too few resamples for any task to pass Holm (see resamples_for_holm)
+    p_adjusted: dict[str, float]  # NaN for a task without a verdict (not in the Holm family)
+    outcome: dict[str, Outcome]
 
     @property
     def significant(self) -> dict[Outcome, int]:
-        counts: dict[Outcome, int] = {"win": 0, "loss": 0, "tie": 0}
+        counts: dict[Outcome, int] = {"win": 0, "loss": 0, "tie": 0, "no verdict": 0}
         for o in self.outcome.values():
             counts[o] += 1
         return counts
 
 
-def tally(intervals: Mapping[str, Interval], *, alpha: float = 0.05) -> Tally:
-    """Win counts (e.g. 23/29) with their sign test, and each task's outcome after Holm across these tasks."""
-    wins = sum(1 for iv in intervals.values() if iv.delta > 0.0)
-    losses = sum(1 for iv in intervals.values() if iv.delta < 0.0)
-    adjusted = holm({k: iv.p_value for k, iv in intervals.items()})
-    outcome = {k: win_loss_tie(iv, p_adjusted=adjusted[k], alpha=alpha) for k, iv in intervals.items()}
-    tested = [iv.resamples for k, iv in intervals.items() if not math.isnan(adjusted[k])]
-    attainable = not tested or min(tested) >= resamples_for_holm(len(tested), alpha)
-    return Tally(wins=wins, losses=losses, ties=len(intervals) - wins - losses, sign_p=sign_test(wins, losses),
-                 p_adjusted=adjusted, outcome=outcome, holm_attainable=attainable)
+def tally(results: Mapping[str, tuple[float, float, bool]], *, alpha: float = 0.05) -> Tally:
+    """Win counts (e.g. 23/29) with their sign test, and each task's outcome after Holm across the tasks whose
+    interval may decide. ``results``: task -> (delta, p, decides)."""
+    wins = sum(1 for d, _, _ in results.values() if d > 0.0)
+    losses = sum(1 for d, _, _ in results.values() if d < 0.0)
+    family = holm({k: p for k, (_, p, decides) in results.items() if decides})
+    adjusted = {k: family.get(k, math.nan) for k in results}
+    outcome = {k: verdict(d, adjusted[k], decides, alpha) for k, (d, _, decides) in results.items()}
+    return Tally(wins=wins, losses=losses, ties=len(results) - wins - losses, sign_p=sign_test(wins, losses),
+                 p_adjusted=adjusted, outcome=outcome)
 
 
 def _first_of_positive_suffix(epochs: Sequence[int], values: Sequence[float], name: str) -> int | None:

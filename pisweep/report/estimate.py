@@ -1,7 +1,9 @@
-"""Intervals for (group, task, metric, epoch, comparison): the paired per-example bootstrap when every run's
-per-example file is there, else the seed-level bootstrap from the ledger's values (batched; see seedboot.py).
+"""Intervals for (task, metric, epoch, runs of both arms): from the per-example files when every run has one (seeds
+and test set), else from the ledger's per-run values (seeds only; batched at :meth:`Estimator.flush`).
 
-The reason for every fallback is counted, so the report can say what was resampled and why.
+Each interval is computed once per report and handed to every table and plot that asks for it, so a number never
+appears twice with two intervals. The reason for every fallback is counted, so the report can say what each
+interval includes and why.
 """
 from __future__ import annotations
 
@@ -13,71 +15,84 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from pisweep.report.bootstrap import Interval, StatsError, bootstrap_delta
 from pisweep.report.data import Run, per_example_path
-from pisweep.report.examples import OrderMismatch, metric_counts
-from pisweep.report.seedboot import intervals_from_metrics
+from pisweep.report.inference import Interval, StatsError, interval_from_examples, intervals
+from pisweep.report.influence import MetricUndefined, OrderMismatch
 
 Done = Callable[[Interval], None]
+Key = tuple[str, str, int, tuple[str, ...], tuple[str, ...]]
 
 
 @dataclass
 class _Pending:
     values_a: list[float]
     values_b: list[float]
-    done: Done
+    key: Key
+    done: list[Done]
 
 
 @dataclass
 class Estimator:
     """Collects interval requests; per-example ones are computed at once, seed-level ones on :meth:`flush`."""
 
-    seed: int = 0
     level: float = 0.95
     per_example: bool = True  # False: seed-level only (faster; the report says so)
+    assume_no_seed_noise: bool = False  # one seed per arm: draw verdicts from test-set noise alone
     fallbacks: Counter = field(default_factory=Counter)  # reason -> requests
     fallback_example: dict[str, str] = field(default_factory=dict)  # reason -> one path or detail
-    methods: Counter = field(default_factory=Counter)  # Interval.method -> requests
-    _queue: dict[tuple, list[_Pending]] = field(default_factory=dict)
+    methods: Counter = field(default_factory=Counter)  # Interval.method -> intervals
+    _done: dict[Key, Interval] = field(default_factory=dict)
+    _queue: dict[tuple, dict[Key, _Pending]] = field(default_factory=dict)
     _cache: dict[tuple[str, int, str], dict[str, np.ndarray] | None] = field(default_factory=dict)
     _scope: Any = None
 
     def request(self, task: str, metric: str, epoch: int, runs_a: Sequence[Run], runs_b: Sequence[Run],
-                values_a: Sequence[float], values_b: Sequence[float], resamples: int, done: Done) -> None:
+                values_a: Sequence[float], values_b: Sequence[float], done: Done) -> None:
         """Ask for the interval of A - B; ``done`` receives it (now, or at the next flush)."""
-        scope = (epoch, task, tuple(r.uid for r in (*runs_a, *runs_b)))
-        if scope[:2] != (self._scope or (None, None))[:2]:
+        key: Key = (task, metric, int(epoch), tuple(r.uid for r in runs_a), tuple(r.uid for r in runs_b))
+        if key in self._done:
+            done(self._done[key])
+            return
+        seeds = (tuple(r.seed for r in runs_a), tuple(r.seed for r in runs_b))
+        queued = self._queue.get(seeds, {}).get(key)
+        if queued is not None:
+            queued.done.append(done)
+            return
+        if (epoch, task) != self._scope:  # per-example arrays are kept for one (epoch, task) at a time
             self._cache.clear()
-        self._scope = scope
-        iv = self._per_example(task, metric, epoch, runs_a, runs_b, resamples) if self.per_example else None
+            self._scope = (epoch, task)
+        iv = self._per_example(task, metric, epoch, runs_a, runs_b, values_a, values_b) if self.per_example else None
         if iv is not None:
-            self.methods[iv.method] += 1
-            done(iv)
+            self._finish(key, iv, [done])
             return
         if not self.per_example:
             self._fallback("seed-level only (asked for)", "")
-        key = (tuple(r.seed for r in runs_a), tuple(r.seed for r in runs_b), resamples)
-        self._queue.setdefault(key, []).append(_Pending(list(values_a), list(values_b), done))
+        self._queue.setdefault(seeds, {})[key] = _Pending(list(values_a), list(values_b), key, [done])
 
     def flush(self) -> None:
-        """Compute every queued seed-level interval, one seed draw per (seed sets, resamples)."""
+        """Compute every queued seed-level interval, one vectorized call per (seed sets)."""
         queue, self._queue = self._queue, {}
-        for (seeds_a, seeds_b, resamples), items in queue.items():
+        for (seeds_a, seeds_b), pending in queue.items():
+            items = list(pending.values())
             try:
-                ivs = intervals_from_metrics(np.array([p.values_a for p in items]),
-                                             np.array([p.values_b for p in items]),
-                                             list(seeds_a) if _distinct(seeds_a) else None,
-                                             list(seeds_b) if _distinct(seeds_b) else None,
-                                             resamples=resamples, seed=self.seed, level=self.level)
+                ivs = intervals(np.array([p.values_a for p in items]), np.array([p.values_b for p in items]),
+                                seeds_a=list(seeds_a) if _distinct(seeds_a) else None,
+                                seeds_b=list(seeds_b) if _distinct(seeds_b) else None, level=self.level,
+                                assume_no_seed_noise=self.assume_no_seed_noise)
             except StatsError as e:
-                self._fallback("no interval (seed-level bootstrap refused)", str(e))
+                self._fallback("no interval (seed-level values refused)", str(e))
                 continue
             for p, iv in zip(items, ivs):
-                self.methods[iv.method] += 1
-                p.done(iv)
+                self._finish(p.key, iv, p.done)
+
+    def _finish(self, key: Key, iv: Interval, done: list[Done]) -> None:
+        self._done[key] = iv
+        self.methods[iv.method] += 1
+        for d in done:
+            d(iv)
 
     def _per_example(self, task: str, metric: str, epoch: int, runs_a: Sequence[Run], runs_b: Sequence[Run],
-                     resamples: int) -> Interval | None:
+                     values_a: Sequence[float], values_b: Sequence[float]) -> Interval | None:
         arrays = []
         for run in (*runs_a, *runs_b):
             got = self._load(run, epoch, task)
@@ -86,15 +101,14 @@ class Estimator:
             arrays.append(got)
         n_a = len(runs_a)
         try:
-            counts = metric_counts(arrays[:n_a], arrays[n_a:], metric, [r.seed for r in runs_a],
-                                   [r.seed for r in runs_b])
+            return interval_from_examples(arrays[:n_a], arrays[n_a:], metric, seeds_a=_ids(runs_a),
+                                          seeds_b=_ids(runs_b), values_a=values_a, values_b=values_b,
+                                          level=self.level, assume_no_seed_noise=self.assume_no_seed_noise)
         except OrderMismatch as e:
             self._fallback("per-example files of different examples or order", f"{task} epoch {epoch}: {e}")
-            return None
-        except (KeyError, StatsError) as e:
+        except (KeyError, MetricUndefined, StatsError) as e:
             self._fallback("per-example files unusable for this metric", f"{task} {metric}: {e}")
-            return None
-        return bootstrap_delta(counts, resamples=resamples, seed=self.seed, level=self.level)
+        return None
 
     def _load(self, run: Run, epoch: int, task: str) -> dict[str, np.ndarray] | None:
         key = (run.uid, epoch, task)
@@ -126,10 +140,17 @@ def _distinct(seeds: Sequence[int]) -> bool:
     return len(set(seeds)) == len(seeds)
 
 
+def _ids(runs: Sequence[Run]) -> list[int] | None:
+    seeds = [r.seed for r in runs]
+    return seeds if _distinct(seeds) else None
+
+
 def interval_dict(iv: Interval | None, n_a: int = 0, n_b: int = 0) -> dict[str, Any] | None:
     """The JSON form of an Interval (NaN stays NaN here; export turns it into null)."""
     if iv is None:
         return None
     return {"mean_a": iv.mean_a, "lo_a": iv.lo_a, "hi_a": iv.hi_a, "mean_b": iv.mean_b, "lo_b": iv.lo_b,
             "hi_b": iv.hi_b, "delta": iv.delta, "lo": iv.lo, "hi": iv.hi, "p": iv.p_value, "method": iv.method,
-            "resamples": iv.resamples, "n_a": n_a or iv.n_seeds_a, "n_b": n_b or iv.n_seeds_b}
+            "includes": iv.includes, "decides": iv.decides, "se": iv.se, "df": iv.df, "se_seeds": iv.se_seeds,
+            "se_examples": iv.se_examples, "sign_flip_p": iv.sign_flip_p,
+            "n_a": n_a or iv.n_seeds_a, "n_b": n_b or iv.n_seeds_b}

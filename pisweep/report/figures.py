@@ -6,6 +6,8 @@ import io
 import math
 from typing import Any
 
+from pisweep.report.doc import noise_note
+
 COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4"}
 
 
@@ -24,9 +26,14 @@ def _integer_axis(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _layout(fig, height_in: float) -> None:
-    """tight_layout that leaves room for the figure's title (about 0.3 inch)."""
-    fig.tight_layout(rect=(0, 0, 1, 1 - min(0.3, 0.3 / height_in)))
+def _title(head: str, note: str, width_in: float, fontsize: float) -> str:
+    """``head`` and, wrapped to the figure's width, what its intervals leave out (see doc.noise_note)."""
+    import textwrap
+
+    if not note:
+        return head
+    per_line = max(30, int(width_in * 130 / fontsize))  # characters per line at this font size
+    return "\n".join([head, *textwrap.wrap(note, per_line)])
 
 
 def _png(fig) -> bytes:
@@ -67,9 +74,10 @@ def curves(group: dict[str, Any], tasks: list[str] | None = None, cols: int = 4)
         ax.axis("off")
     if series:
         axes.flat[0].legend(fontsize=6)
-    fig.suptitle(f"scale {group['scale']}, {group['epochs']} epochs: main metric per epoch (band: interval)",
-                 fontsize=9)
-    _layout(fig, 2.5 * rows)
+    title = _title(f"scale {group['scale']}, {group['epochs']} epochs: main metric per epoch (band: interval)",
+                   noise_note([d for s in series for r in s["rows"] for d in r["deltas"].values()]), 3.3 * cols, 9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()  # it leaves room for the suptitle itself
     return _png(fig)
 
 
@@ -88,10 +96,10 @@ def heatmap(group: dict[str, Any], comparison: str) -> bytes:
             if d and d["delta"] is not None:
                 j = epochs.index(r["epoch"])
                 grid[i, j] = d["delta"]
-                if d["lo"] is not None and math.isfinite(d["lo"]) and (d["lo"] > 0 or d["hi"] < 0):
+                if d.get("decides") and (d["lo"] > 0 or d["hi"] < 0):
                     sig.append((j, i))
     lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(epochs) + 3.0), max(2.0, 0.26 * len(series) + 1.2)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.28 * len(epochs) + 3.0), max(2.4, 0.26 * len(series) + 1.6)))
     im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim or -1, vmax=lim or 1, aspect="auto", interpolation="nearest")
     if sig:
         ax.scatter([p[0] for p in sig], [p[1] for p in sig], s=6, c="k")
@@ -99,7 +107,10 @@ def heatmap(group: dict[str, Any], comparison: str) -> bytes:
     ax.set_yticks(range(len(series)), [s["name"] for s in series], fontsize=6)
     ax.set_xlabel("epoch", fontsize=7)
     fig.colorbar(im, ax=ax, label=f"Δ {comparison.replace('-', ' − ')}")
-    ax.set_title(f"scale {group['scale']}, {group['epochs']} epochs (dot: interval excludes 0)", fontsize=8)
+    width = max(4.0, 0.28 * len(epochs) + 3.0)
+    ax.set_title(_title(f"scale {group['scale']}, {group['epochs']} epochs (dot: a verdict, the interval excludes 0)",
+                        noise_note([r["deltas"].get(comparison) for s in series for r in s["rows"]]), width, 8),
+                 fontsize=8)
     fig.tight_layout()
     return _png(fig)
 
@@ -159,6 +170,9 @@ def main_curves(rep: dict[str, Any]) -> bytes:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
-    fig.suptitle(f"{rep['study']}: {rep['main_task']}")
-    _layout(fig, 3.2 * rows)
+    title = _title(f"{rep['study']}: {rep['main_task']}",
+                   noise_note([d for g in groups for r in g["main"]["rows"] for d in r["deltas"].values()],
+                              rep["settings"].get("assume_no_seed_noise", False)), 4.2 * cols, 10)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()  # it leaves room for the suptitle itself
     return _png(fig)

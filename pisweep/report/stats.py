@@ -1,37 +1,15 @@
-"""The statistics of a pisweep report, in one import: paired bootstrap intervals, emergence, Holm, sign test.
+"""The statistics of a pisweep report, in one import: intervals over seeds and test set, emergence, Holm, sign test.
 
-The code lives in pisweep/report/bootstrap.py (intervals from sufficient statistics) and
-pisweep/report/emergence.py (epochs and tallies across tasks); definitions are in docs/statistics.md.
+The code lives in pisweep/report/influence.py (each run's metric over redraws of the test set),
+pisweep/report/inference.py (the interval of a delta) and pisweep/report/emergence.py (epochs and tallies across
+tasks); definitions and the measured calibration are in docs/statistics.md.
 """
 from __future__ import annotations
 
-from pisweep.report.bootstrap import (
-    METRICS,
-    Interval,
-    JointCounts,
-    PairedCounts,
-    Replicates,
-    StatsError,
-    bootstrap_delta,
-    bootstrap_from_metrics,
-    bootstrap_replicates,
-    joint_counts,
-    paired_counts,
-    summarize,
-)
-from pisweep.report.emergence import (
-    Outcome,
-    Tally,
-    crossover_epoch,
-    emergence_epoch,
-    holm,
-    resamples_for_holm,
-    sign_test,
-    tally,
-    win_loss_tie,
-)
+from pisweep.report.emergence import Outcome, Tally, crossover_epoch, emergence_epoch, holm, sign_test, tally, verdict
+from pisweep.report.inference import Interval, StatsError, interval, interval_from_examples, intervals
+from pisweep.report.influence import MetricUndefined, OrderMismatch, example_covariance
 
-__all__ = ["METRICS", "Interval", "JointCounts", "Outcome", "PairedCounts", "Replicates", "StatsError", "Tally",
-           "bootstrap_delta", "bootstrap_from_metrics", "bootstrap_replicates", "crossover_epoch",
-           "emergence_epoch", "holm", "joint_counts", "paired_counts", "resamples_for_holm", "sign_test", "summarize",
-           "tally", "win_loss_tie"]
+__all__ = ["Interval", "MetricUndefined", "OrderMismatch", "Outcome", "StatsError", "Tally", "crossover_epoch",
+           "emergence_epoch", "example_covariance", "holm", "interval", "interval_from_examples", "intervals",
+           "sign_test", "tally", "verdict"]
