@@ -153,6 +153,15 @@ def test_emergence_epoch_of_a_known_effect(done):
     d = rows[ONSET]["deltas"]["perceptual-random"]
     assert d["lo"] > 0 and d["method"] == "examples+seeds" and d["n_a"] == d["n_b"] == 3 and d["df"] == 2
     assert rep["method"]["fallbacks"] == {}
+    # its distribution over draws of the whole curve: the onset inside both intervals, sustained from it on
+    dist = e["distribution"]
+    for name in ("emergence", "crossover"):
+        assert dist[name]["lo"] <= ONSET <= (dist[name]["hi"] or EPOCHS + 1), name
+    assert dist["sustained_from"][ONSET] > 0.95 and dist["sustained_from"][1] == 0.0  # delta is exactly 0 at 1
+    # the answer first
+    answer = rep["answer"][0]["text"]
+    assert answer.startswith("ImageNet 1k acc1: perceptual − random = +") and f"at epoch {EPOCHS}" in answer
+    assert f"sustained from epoch {ONSET} [" in answer and answer.endswith("(3 seeds).")
     # the terminal says it
     text = "\n".join(str(getattr(r, "plain", "")) for r in report_renderables(rep))
     assert f"emergence epoch (perceptual − random): {ONSET}" in text
@@ -234,6 +243,7 @@ def test_one_seed_per_arm_draws_no_verdict_unless_told_and_says_so_everywhere(tm
     last = g["last"]["perceptual-random"]
     assert {r["outcome"] for r in last["tasks"] if r["interval"]} == {"no verdict"}
     assert last["tally"]["all"]["significant"]["win"] == 0
+    assert "(1 seed per arm: training randomness is not in this interval, so no verdict)" in rep["answer"][0]["text"]
     md = to_markdown(rep)
     warning = "1 seed per arm: training randomness is NOT in these intervals, so no verdict is drawn"
     assert md.count(warning) >= 3  # the main table, the last-epoch table, retrieval recall
@@ -339,8 +349,10 @@ def test_html_parses_and_embeds_its_plots(full_report):
     p.close()
     assert not p.open  # every element closed, in order
     assert p.tags["table"] >= 3 and p.tags["h2"] >= 3
-    # small multiples, one delta heatmap per comparison, emergence against scale
-    assert len(p.images) == 3
+    # the answer (delta per epoch) first, then small multiples, one delta heatmap per comparison, emergence vs scale
+    assert len(p.images) == 4
+    assert page.index("<h2>The answer</h2>") < page.index('alt="delta per epoch of the main benchmark"') \
+        < page.index('alt="small multiples')
     for src in p.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -380,7 +392,8 @@ def test_cli_json_md_csv_html(done, tmp_path, capsys):
         assert key in rep, key
     g = rep["groups"][0]
     assert {"main", "last", "series", "last_epoch", "arms"} <= set(g)
-    assert rep["settings"] == {"level": 0.95, "alpha": 0.05, "full": True, "assume_no_seed_noise": False}
+    assert rep["settings"] == {"level": 0.95, "alpha": 0.05, "full": True, "assume_no_seed_noise": False,
+                               "resamples": 2000, "seed": 0}
     curve = next(c for c in rep["curves"] if c["task"] == "imagenet1k")
     assert curve["arms"] == ["random", "perceptual"] and [r["epoch"] for r in curve["rows"]] == list(range(1, 7))
     assert curve["rows"][-1]["delta_perceptual"] == pytest.approx(curve["rows"][-1]["perceptual"]

@@ -14,18 +14,21 @@ from pisweep.eval.metrics import (
     resample_classification,
     resample_retrieval,
 )
-from pisweep.report.simulate import Population, draw
+from pisweep.report.simulate import Population, draw, trajectory
 from pisweep.report.stats import (
     MetricUndefined,
     OrderMismatch,
     StatsError,
     crossover_epoch,
+    curve,
     emergence_epoch,
     example_covariance,
     holm,
     interval,
     interval_from_examples,
     intervals,
+    linearize,
+    onset_distribution,
     sign_test,
     tally,
     verdict,
@@ -267,6 +270,53 @@ def test_epoch_inputs_are_checked():
         emergence_epoch([1, 2], [0.1])
     with pytest.raises(StatsError, match="distinct"):
         crossover_epoch([1, 1], [0.1, 0.2])
+
+
+def curve_of(draws: list, seeds: int):
+    """The delta curve of simulated epochs through the report's functions: per-epoch intervals and the Curve."""
+    S, E = seeds, len(draws)
+    psi = [linearize([*d.runs_a, *d.runs_b], d.metric) for d in draws]  # per epoch: (values (2S,), psi (2S, units))
+    values = np.stack([v for v, _ in psi], axis=1)  # (2S, E)
+    stacked = np.stack([p for _, p in psi], axis=1)  # (2S, E, units)
+    flat = stacked.reshape(2 * S * E, -1)
+    cov = (flat @ flat.T).reshape(2 * S, E, 2 * S, E)
+    ids = list(range(S))
+    ivs = [interval(values[:S, e], values[S:, e], cov[:, e, :, e], seeds_a=ids, seeds_b=ids) for e in range(E)]
+    return ivs, curve(values[:S], values[S:], cov, epochs=range(1, E + 1), seeds_a=ids, seeds_b=ids)
+
+
+def test_the_curve_holds_each_epochs_interval_on_its_diagonal():
+    rng = np.random.default_rng(30)
+    ivs, cv = curve_of(trajectory(rng, 3, [0.0, 0.01, 0.02, 0.03], 0.01, Population(examples=800)), 3)
+    assert np.sqrt(np.diag(cv.cov)) == pytest.approx([iv.se for iv in ivs], rel=1e-9)
+    assert cv.delta == pytest.approx([iv.delta for iv in ivs]) and cv.df == 2 and cv.method == "examples+seeds"
+    corr = cv.cov[0, 1] / math.sqrt(cv.cov[0, 0] * cv.cov[1, 1])
+    assert corr > 0.3  # one training run per seed and one test set: epochs move together
+
+
+def test_emergence_interval_holds_the_planted_onset():
+    """Delta 0 until epoch 9, +4 points from epoch 10 on (3 seeds, one test set): the emergence and crossover
+    epochs' intervals hold 10, and the gain is far likelier sustained from 12 on than from 5."""
+    rng = np.random.default_rng(31)
+    deltas = [0.0] * 9 + [0.04] * 11
+    held = 0
+    for trial in range(5):
+        ivs, cv = curve_of(trajectory(rng, 3, deltas, 0.005, Population(examples=3000)), 3)
+        dist = onset_distribution(cv.epochs, cv.delta, cv.cov, [iv.delta - iv.lo for iv in ivs], cv.df,
+                                  draws=2000, seed=trial)
+        for name in ("emergence", "crossover"):
+            got = dist[name]
+            lo, hi = got["lo"] or 99, got["hi"] or 99
+            held += lo <= 10 <= hi
+        assert dist["sustained_from"][5] < 0.6 < 0.8 < dist["sustained_from"][12]
+    assert held >= 9  # of 10 intervals
+
+
+def test_onset_distribution_of_a_curve_that_never_turns():
+    E = 8
+    dist = onset_distribution(range(1, E + 1), np.full(E, -0.05), np.eye(E) * 1e-4, [0.02] * E, df=4, draws=500)
+    assert dist["emergence"] == {"median": None, "lo": None, "hi": None, "p_not_yet": 1.0}
+    assert max(dist["sustained_from"].values()) < 0.05
 
 
 # ------------------------------------------------------------------------------------------ across tasks

@@ -89,9 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE", help="also write one self-contained HTML file with every table and plot")
     p.add_argument("--md", metavar="FILE", help="also write the tables as Markdown")
     p.add_argument("--csv", metavar="FILE", help="also write every metric row (run, epoch, benchmark, metric, value)")
-    p.add_argument("--plot", help="write a PNG of the main benchmark's curves here (with --json: by default "
-                                  "<output_root>/reports/<study>-main.png)")
+    p.add_argument("--plot", help="write a PNG of the main benchmark's delta per epoch and its arms here (with "
+                                  "--json: by default <output_root>/reports/<study>-main.png)")
     p.add_argument("--main-task", help="main benchmark (default: the study's eval.main_task, ImageNet-1K)")
+    p.add_argument("--resamples", type=int, default=2000, help="draws of each delta curve for the emergence and "
+                                                               "crossover epochs' intervals (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="their generator seed (default 0)")
     p.add_argument("--assume-no-seed-noise", action="store_true",
                    help="with one seed per arm, draw verdicts (wins, emergence) from test-set noise alone; the report "
                         "labels every such interval (by default one seed gives no verdict)")
@@ -245,6 +248,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     full = bool(args.json or args.html or args.md)
     with app.open_session(ref, on_wait=waiting, read=True) as s:
         opts = check_options(Options(main_task=args.main_task or ref.study.eval.main_task, full=full,
+                                     resamples=args.resamples, seed=args.seed,
                                      per_example=not args.seed_level,
                                      assume_no_seed_noise=args.assume_no_seed_noise), s.plan.tasks)
         app.reconcile(s)
@@ -264,7 +268,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if has_main and (args.plot or args.json):
         plot_path = Path(args.plot) if args.plot else s.layout.reports / f"{s.name}-main.png"
         try:
-            rep["plot"] = str(write_bytes(plot_path, figures.main_curves(rep)))
+            rep["plot"] = str(write_bytes(plot_path, figures.main_figure(rep)))
         except OSError as e:
             if args.plot:
                 raise ReportWriteError(f"--plot {plot_path}: cannot write ({e.strerror})") from None

@@ -16,7 +16,7 @@ import numpy as np
 from pisweep.errors import PisweepError
 from pisweep.eval import registry
 from pisweep.report.data import Group, Run, StudyData, main_values, metric_values
-from pisweep.report.emergence import crossover_epoch, emergence_epoch, sign_test, tally
+from pisweep.report.emergence import crossover_epoch, emergence_epoch, onset_distribution, sign_test, tally
 from pisweep.report.estimate import Estimator, interval_dict
 from pisweep.report.inference import Interval
 
@@ -38,7 +38,14 @@ DEFINITIONS = {
                        "every later evaluated epoch; only epochs evaluated for every run of both arms count; none "
                        "('not yet') when the last such epoch's bound is not above zero; no emergence is claimed from "
                        "intervals without seed noise (one seed per arm).",
-    "crossover epoch": "the same with the point delta instead of the lower bound.",
+    "crossover epoch": "the same with the point delta instead of the lower bound: 'sustained from' in the answer, the "
+                       "closer analogue of the paper's 'gains emerge after about 15 epochs'.",
+    "epoch interval": "of an emergence or crossover epoch: its 95% interval over draws of the whole delta curve from "
+                      "its joint distribution across epochs (each epoch's interval variance with the covariances "
+                      "between epochs, Student-t scaled; --resamples draws, --seed); 'not yet' when the draws put it "
+                      "after the last epoch.",
+    "sustained from epoch k": "the share of those draws whose delta is above zero at k and at every later evaluated "
+                              "epoch.",
     "win / loss / tie": "per task at the last epoch, from the Holm-adjusted p across the table's tasks: win when it "
                         "is below alpha and the delta is positive, loss when negative, else tie; 'no verdict' when "
                         "the interval does not include seed noise.",
@@ -52,6 +59,8 @@ DEFINITIONS = {
 @dataclass(frozen=True)
 class Options:
     main_task: str
+    resamples: int = 2000  # draws of each delta curve, for the emergence and crossover epochs' distribution
+    seed: int = 0
     level: float = 0.95
     alpha: float = 0.05
     full: bool = False
@@ -68,6 +77,8 @@ class ReportError(PisweepError):
 def check_options(opts: Options, tasks: tuple[str, ...] | list[str]) -> Options:
     if opts.main_task not in tasks:
         raise ReportError(f"main task {opts.main_task!r} is not one of the study's tasks: {', '.join(tasks)}")
+    if opts.resamples < 1:
+        raise ReportError(f"--resamples must be at least 1, got {opts.resamples}")
     if not 0 < opts.level < 1 or not 0 < opts.alpha < 1:
         raise ReportError(f"level and alpha must be in (0, 1), got {opts.level} and {opts.alpha}")
     return opts
@@ -127,7 +138,7 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
         gr = _group_header(data, g)
         gr["series"] = {}
         for task in series_tasks:
-            s, fin = _series(data, est, g, task, values.all_epochs(task), cmps)
+            s, fin = _series(data, est, g, task, values.all_epochs(task), cmps, opts)
             gr["series"][task] = s
             finalizers.append(fin)
         groups.append(gr)
@@ -138,7 +149,7 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
         for g, gr in zip(data.groups, groups):
             if gr["last_epoch"] is None:
                 gr["last_epoch"] = max((e for t in data.tasks if t != opts.main_task for e in
-                                        [_last_epoch(_series(data, None, g, t, values.all_epochs(t), cmps)[0], cmps)]
+                                        [_last_epoch(_series(data, None, g, t, values.all_epochs(t), cmps, opts)[0], cmps)]
                                         if e is not None), default=None)
     wanted = {gr["last_epoch"] for gr in groups if gr["last_epoch"] is not None}
     tables = []
@@ -160,7 +171,8 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
     return {"main_task": opts.main_task, "main_metric": registry.get_task(opts.main_task).main_metric,
             "comparisons": [cmp_key(c) for c in cmps], "arms": list(data.arms), "groups": groups,
             "settings": {"level": opts.level, "alpha": opts.alpha, "full": opts.full,
-                         "assume_no_seed_noise": opts.assume_no_seed_noise},
+                         "assume_no_seed_noise": opts.assume_no_seed_noise, "resamples": opts.resamples,
+                         "seed": opts.seed},
             "method": {"intervals": dict(est.methods), "fallbacks": dict(est.fallbacks),
                        "fallback_examples": dict(est.fallback_example)},
             "definitions": DEFINITIONS}
@@ -178,7 +190,7 @@ def _group_header(data: StudyData, g: Group) -> dict[str, Any]:
 
 
 def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.ndarray,
-            cmps: list[tuple[str, str]]) -> tuple[dict[str, Any], Callable[[], None]]:
+            cmps: list[tuple[str, str]], opts: Options) -> tuple[dict[str, Any], Callable[[], None]]:
     """One task over the evaluated epochs of one group: arm means, intervals per comparison, emergence."""
     meta = registry.get_task(task)
     runs = {arm: data.runs_of(g, arm) for arm in data.arms}
@@ -212,7 +224,8 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
             if ok_a.any() and ok_b.any() and est is not None:
                 ia, ib = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
                 est.request(task, meta.main_metric, e, [runs[a][i] for i in ia], [runs[b][i] for i in ib],
-                            sub[a][ia, e].tolist(), sub[b][ib, e].tolist(), _store(row, c, len(ia), len(ib)))
+                            sub[a][ia, e].tolist(), sub[b][ib, e].tolist(), _store(row, c, len(ia), len(ib)),
+                            for_curve=True)
     if est is None:  # only the completeness was wanted
         for c in cmps:
             s["emergence"][cmp_key(c)] = {"epochs_used": [r["epoch"] for r in rows if r["complete"][cmp_key(c)]]}
@@ -229,6 +242,14 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
                                  "provisional": emerge is not None and (emerge == ep[-1] or ep[-1] < g.epochs),
                                  "through_epoch": ep[-1] if ep else None, "budget": g.epochs,
                                  "decides": decides, "includes": used[-1]["deltas"][k]["includes"] if used else None}
+            if decides and est is not None:
+                ia, ib = np.flatnonzero(part[c[0]]), np.flatnonzero(part[c[1]])
+                cv = est.curve(task, meta.main_metric, ep, [runs[c[0]][i] for i in ia], [runs[c[1]][i] for i in ib],
+                               sub[c[0]][np.ix_(ia, ep)], sub[c[1]][np.ix_(ib, ep)])
+                half = [r["deltas"][k]["delta"] - r["deltas"][k]["lo"] for r in used]
+                s["emergence"][k]["distribution"] = onset_distribution(ep, cv.delta, cv.cov, half, cv.df,
+                                                                       draws=opts.resamples, seed=opts.seed,
+                                                                       level=opts.level)
         for row in rows:
             for c in cmps:
                 d = row["deltas"].get(cmp_key(c))

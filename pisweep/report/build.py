@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from pisweep.ledger.db import Ledger
+from pisweep.report import answer
 from pisweep.report.analysis import Options, analyze
 from pisweep.report.cost import cost
 from pisweep.report.coverage import coverage
@@ -29,6 +30,7 @@ def build_report(ledger: Ledger, study: Study, plan: Plan, suite_version: str, o
     rep["cost"] = cost(data, now)
     rep["curves"] = curves(data, rep)
     rep["emergence_by_scale"] = emergence_by_scale(rep)
+    rep["answer"] = answer.sentences(rep)
     return rep
 
 

@@ -98,6 +98,11 @@ def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
                           f"freedom) · verdicts: Holm across a table's tasks at alpha {s['alpha']} · "
                           f"suite v{rep['suite_version']}"))
     out.append(Block("p", method_text(rep), WARN if rep["method"]["fallbacks"] else PLAIN))
+    out.append(Block("h2", "The answer"))
+    for a in rep.get("answer", []):
+        out.append(Block("p", a["text"], PLAIN if a["decides"] else WARN))
+    if figures:
+        out.append(Block("figure", figure="answer"))
     cov = rep["coverage"]
     if cov["still_running"]:
         out.append(Block("p", "Study still running or incomplete: this is what is known so far; what is missing is "
@@ -206,10 +211,27 @@ def emergence_text(c: str, e: dict[str, Any]) -> str:
     if not e.get("decides", True):
         return (f"emergence epoch ({a} − {b}): no verdict ({span}; its intervals leave training randomness out: "
                 f"run 2+ seeds per arm, or --assume-no-seed-noise) · {cross_t}")
+    dist = e.get("distribution") or {}
+    if cross is not None and dist:
+        cross_t += f" {epoch_range(dist['crossover'])}"
+    if dist:
+        sus = dist["sustained_from"]
+        likely = [k for k in sorted(sus, key=int) if sus[k] >= 0.95]
+        cross_t += (f" · gain sustained from epoch {likely[0]} on with probability {sus[likely[0]]:.2f}" if likely
+                    else f" · no epoch from which the gain is sustained with probability 0.95 "
+                         f"(highest: {max(sus.values()):.2f})")
     if e.get("emergence_epoch") is None:
         return f"emergence epoch ({a} − {b}): not yet ({span}) · {cross_t}"
     prov = " (provisional: the last evaluated epoch or short of the budget)" if e.get("provisional") else ""
-    return f"emergence epoch ({a} − {b}): {e['emergence_epoch']}{prov} {span} · {cross_t}"
+    em = f" {epoch_range(dist['emergence'])}" if dist else ""
+    return f"emergence epoch ({a} − {b}): {e['emergence_epoch']}{em}{prov} {span} · {cross_t}"
+
+
+def epoch_range(d: dict[str, Any]) -> str:
+    """An epoch's 95% interval from its distribution: "[11, 18]", "[11, not yet]"."""
+    def one(x: int | None) -> str:
+        return "not yet" if x is None else str(x)
+    return f"[{one(d.get('lo'))}, {one(d.get('hi'))}]"
 
 
 def last_blocks(rep: dict[str, Any], gr: dict[str, Any], c: str, last: dict[str, Any]) -> list[Block]:

@@ -8,12 +8,17 @@ Definitions (also in docs/statistics.md):
   is positive, a loss when negative, else a tie; "no verdict" when its interval leaves seed noise out.
 - win count and sign test: tasks whose point delta is above / below zero, exact two-sided binomial test
   with ties (delta exactly zero) dropped.
+- their distribution (:func:`onset_distribution`): the same two epochs read from draws of the whole delta curve
+  from its joint distribution across epochs (inference.Curve), one draw per replicate for all epochs, so every
+  replicate is a coherent curve; with the probability that the gain is sustained from each epoch on.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
 
 from pisweep.report.inference import StatsError
 
@@ -113,3 +118,62 @@ def _first_of_positive_suffix(epochs: Sequence[int], values: Sequence[float], na
             break
         found = int(epoch)
     return found
+
+
+def onset_distribution(epochs: Sequence[int], delta: np.ndarray, cov: np.ndarray, half_widths: Sequence[float],
+                       df: float = math.inf, *, draws: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, Any]:
+    """The emergence and crossover epochs over ``draws`` replicates of the delta curve.
+
+    A replicate is delta + a draw from the curve's joint distribution (``cov``, Student-t with ``df`` degrees of
+    freedom like the intervals: one chi-square scale per replicate); its lower bounds are its deltas minus each
+    epoch's interval half-width. Per epoch: the median and the ``level`` interval of each (None: "not yet", after
+    the last epoch), the share of replicates where it is not yet, and for each epoch k the probability that the
+    delta is above 0 at k and at every later epoch."""
+    if draws < 1:
+        raise StatsError(f"draws must be at least 1, got {draws}")
+    ep = [int(e) for e in epochs]
+    order = np.argsort(ep)
+    ep = [ep[i] for i in order]
+    mean = np.asarray(delta, np.float64)[order]
+    sigma = np.asarray(cov, np.float64)[np.ix_(order, order)]
+    half = np.asarray(half_widths, np.float64)[order]
+    E = len(ep)
+    if mean.shape != (E,) or sigma.shape != (E, E) or half.shape != (E,):
+        raise StatsError(f"{E} epochs need deltas ({E},), cov ({E}, {E}) and half-widths ({E},)")
+    root = np.zeros((E, E))
+    live = np.flatnonzero(np.diag(sigma) > 1e-12 * max(float(np.max(np.diag(sigma), initial=0.0)), 1e-300))
+    if len(live):  # epochs without variance (identical runs) stay exactly at their delta in every replicate
+        sub = sigma[np.ix_(live, live)]
+        w, v = np.linalg.eigh((sub + sub.T) / 2)
+        root[np.ix_(live, live)] = v * np.sqrt(np.clip(w, 0.0, None))  # negative eigenvalues dropped
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((draws, E)) @ root.T
+    if math.isfinite(df):
+        z *= np.sqrt(df / rng.chisquare(df, draws))[:, None]
+    curves = mean + z
+    return {"emergence": _summary(_first_of_positive_suffixes(curves - half), ep, level),
+            "crossover": _summary(_first_of_positive_suffixes(curves), ep, level),
+            "sustained_from": {e: float(p) for e, p in zip(ep, _suffix_all(curves > 0).mean(axis=0))},
+            "draws": draws}
+
+
+def _suffix_all(positive: np.ndarray) -> np.ndarray:
+    """[r, j]: positive at every epoch j.. of replicate r."""
+    return np.flip(np.logical_and.accumulate(np.flip(positive, axis=1), axis=1), axis=1)
+
+
+def _first_of_positive_suffixes(values: np.ndarray) -> np.ndarray:
+    """Per replicate, the index of the first epoch of its positive suffix; E (after the last) when there is none."""
+    return values.shape[1] - _suffix_all(values > 0).sum(axis=1)
+
+
+def _summary(index: np.ndarray, epochs: list[int], level: float) -> dict[str, Any]:
+    E = len(epochs)
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+
+    def at(q: float) -> int | None:
+        i = int(np.quantile(index, q, method="inverted_cdf"))
+        return epochs[i] if i < E else None
+
+    return {"median": at(0.5), "lo": at(lo_q), "hi": at(hi_q), "p_not_yet": float(np.mean(index == E))}

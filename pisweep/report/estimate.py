@@ -4,6 +4,10 @@ and test set), else from the ledger's per-run values (seeds only; batched at :me
 Each interval is computed once per report and handed to every table and plot that asks for it, so a number never
 appears twice with two intervals. The reason for every fallback is counted, so the report can say what each
 interval includes and why.
+
+A request made ``for_curve`` also keeps its runs' influence values, epoch by epoch, until the report moves on to
+the next benchmark; they then become the covariances across epochs that :meth:`Estimator.curve` needs (the
+emergence and crossover epochs' distribution), and only those small matrices are kept.
 """
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pisweep.report.data import Run, per_example_path
-from pisweep.report.inference import Interval, StatsError, interval_from_examples, intervals
-from pisweep.report.influence import MetricUndefined, OrderMismatch
+from pisweep.report.inference import Curve, Interval, StatsError, curve, interval, intervals
+from pisweep.report.influence import MetricUndefined, OrderMismatch, linearize
 
 Done = Callable[[Interval], None]
 Key = tuple[str, str, int, tuple[str, ...], tuple[str, ...]]
+Series = tuple[str, str, tuple[str, ...], tuple[str, ...]]  # (task, metric, runs of A, runs of B)
 
 
 @dataclass
@@ -45,9 +50,11 @@ class Estimator:
     _queue: dict[tuple, dict[Key, _Pending]] = field(default_factory=dict)
     _cache: dict[tuple[str, int, str], dict[str, np.ndarray] | None] = field(default_factory=dict)
     _scope: Any = None
+    _psi: dict[Series, dict[int, np.ndarray]] = field(default_factory=dict)  # this benchmark's, per epoch
+    _gram: dict[Series, tuple[tuple[int, ...], np.ndarray]] = field(default_factory=dict)  # (epochs, R x E x R x E)
 
     def request(self, task: str, metric: str, epoch: int, runs_a: Sequence[Run], runs_b: Sequence[Run],
-                values_a: Sequence[float], values_b: Sequence[float], done: Done) -> None:
+                values_a: Sequence[float], values_b: Sequence[float], done: Done, for_curve: bool = False) -> None:
         """Ask for the interval of A - B; ``done`` receives it (now, or at the next flush)."""
         key: Key = (task, metric, int(epoch), tuple(r.uid for r in runs_a), tuple(r.uid for r in runs_b))
         if key in self._done:
@@ -60,8 +67,11 @@ class Estimator:
             return
         if (epoch, task) != self._scope:  # per-example arrays are kept for one (epoch, task) at a time
             self._cache.clear()
+            if self._scope is not None and self._scope[1] != task:
+                self._close_curves()
             self._scope = (epoch, task)
-        iv = self._per_example(task, metric, epoch, runs_a, runs_b, values_a, values_b) if self.per_example else None
+        iv = (self._per_example(task, metric, epoch, runs_a, runs_b, values_a, values_b, for_curve)
+              if self.per_example else None)
         if iv is not None:
             self._finish(key, iv, [done])
             return
@@ -71,6 +81,7 @@ class Estimator:
 
     def flush(self) -> None:
         """Compute every queued seed-level interval, one vectorized call per (seed sets)."""
+        self._close_curves()
         queue, self._queue = self._queue, {}
         for (seeds_a, seeds_b), pending in queue.items():
             items = list(pending.values())
@@ -91,24 +102,52 @@ class Estimator:
         for d in done:
             d(iv)
 
+    def curve(self, task: str, metric: str, epochs: Sequence[int], runs_a: Sequence[Run], runs_b: Sequence[Run],
+              values_a: np.ndarray, values_b: np.ndarray) -> Curve:
+        """The delta curve of these runs over ``epochs`` (values (S, E) per arm), with the covariances across epochs
+        kept by for_curve requests; seed-level only when some epoch had no usable per-example files."""
+        key: Series = (task, metric, tuple(r.uid for r in runs_a), tuple(r.uid for r in runs_b))
+        if self._scope is not None and self._scope[1] == task:
+            self._close_curves()
+        cov = None
+        stored = self._gram.get(key)
+        if stored is not None and set(epochs) <= set(stored[0]):
+            idx = [stored[0].index(int(e)) for e in epochs]
+            cov = stored[1][:, idx][:, :, :, idx]
+        return curve(values_a, values_b, cov, epochs=epochs, seeds_a=_ids(runs_a), seeds_b=_ids(runs_b))
+
+    def _close_curves(self) -> None:
+        """Turn the kept influence values into covariances across epochs (R x E x R x E), and drop them."""
+        for key, per_epoch in self._psi.items():
+            epochs = tuple(sorted(per_epoch))
+            stacked = np.stack([per_epoch[e] for e in epochs], axis=1)  # (R, E, units)
+            R, E, U = stacked.shape
+            flat = stacked.reshape(R * E, U)
+            self._gram[key] = (epochs, (flat @ flat.T).reshape(R, E, R, E))
+        self._psi.clear()
+
     def _per_example(self, task: str, metric: str, epoch: int, runs_a: Sequence[Run], runs_b: Sequence[Run],
-                     values_a: Sequence[float], values_b: Sequence[float]) -> Interval | None:
+                     values_a: Sequence[float], values_b: Sequence[float], for_curve: bool) -> Interval | None:
         arrays = []
         for run in (*runs_a, *runs_b):
             got = self._load(run, epoch, task)
             if got is None:
                 return None
             arrays.append(got)
-        n_a = len(runs_a)
         try:
-            return interval_from_examples(arrays[:n_a], arrays[n_a:], metric, seeds_a=_ids(runs_a),
-                                          seeds_b=_ids(runs_b), values_a=values_a, values_b=values_b,
-                                          level=self.level, assume_no_seed_noise=self.assume_no_seed_noise)
+            _, psi = linearize(arrays, metric)
+            iv = interval(values_a, values_b, psi @ psi.T, seeds_a=_ids(runs_a), seeds_b=_ids(runs_b),
+                          level=self.level, assume_no_seed_noise=self.assume_no_seed_noise)
         except OrderMismatch as e:
             self._fallback("per-example files of different examples or order", f"{task} epoch {epoch}: {e}")
+            return None
         except (KeyError, MetricUndefined, StatsError) as e:
             self._fallback("per-example files unusable for this metric", f"{task} {metric}: {e}")
-        return None
+            return None
+        if for_curve:
+            series: Series = (task, metric, tuple(r.uid for r in runs_a), tuple(r.uid for r in runs_b))
+            self._psi.setdefault(series, {})[int(epoch)] = psi
+        return iv
 
     def _load(self, run: Run, epoch: int, task: str) -> dict[str, np.ndarray] | None:
         key = (run.uid, epoch, task)

@@ -148,31 +148,69 @@ def emergence_vs_scale(points: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
-def main_curves(rep: dict[str, Any]) -> bytes:
-    """The main benchmark in every group, arms with interval bands (the report's default PNG)."""
+def main_figure(rep: dict[str, Any]) -> bytes:
+    """The answer as a figure (the report's default PNG, and the first of the HTML): per group, the main
+    benchmark's delta per epoch with its interval band, the zero line and the emergence epoch with its interval
+    (text when not yet); beside it, each arm's mean with its band."""
     plt = _plt()
     groups = [g for g in rep["groups"] if g.get("main") and g["main"]["rows"]]
     n = max(1, len(groups))
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, g in zip(axes.flat, groups):
+    fig, axes = plt.subplots(n, 2, figsize=(9.6, 3.1 * n), squeeze=False)
+    notes = []
+    for (ax_d, ax_a), g in zip(axes, groups):
+        _delta_panel(ax_d, g, rep["comparisons"])
         for arm in g["arms"]:
-            _band(ax, g["main"], arm)
-        for k, e in g["main"]["emergence"].items():
-            if e.get("emergence_epoch") is not None:
-                ax.axvline(e["emergence_epoch"], color="k", ls="--", lw=0.8, label=f"emergence {k}")
-        ax.set_title(f"{g['main']['name']} [{g['scale']}, {g['epochs']} ep]", fontsize=9)
-        ax.set_xlabel("epoch")
-        _integer_axis(ax.xaxis)
-        ax.set_ylabel(g["main"]["metric"])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(groups):]:
+            _band(ax_a, g["main"], arm)
+        ax_a.set_title(f"{g['main']['name']} per arm [{g['scale']}, {g['epochs']} ep]", fontsize=9)
+        ax_a.set_ylabel(g["main"]["metric"])
+        for ax in (ax_d, ax_a):
+            ax.set_xlabel("epoch")
+            _integer_axis(ax.xaxis)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        notes += [d for r in g["main"]["rows"] for d in r["deltas"].values()]
+    for ax in list(axes.flat)[2 * len(groups):]:
         ax.axis("off")
-    title = _title(f"{rep['study']}: {rep['main_task']}",
-                   noise_note([d for g in groups for r in g["main"]["rows"] for d in r["deltas"].values()],
-                              rep["settings"].get("assume_no_seed_noise", False)), 4.2 * cols, 10)
+    title = _title(f"{rep['study']}: {rep['main_task']}, {' and '.join(c.replace('-', ' − ') for c in rep['comparisons'])}",
+                   noise_note(notes, rep["settings"].get("assume_no_seed_noise", False)), 9.6, 10)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()  # it leaves room for the suptitle itself
     return _png(fig)
+
+
+def _delta_panel(ax, g: dict[str, Any], comparisons: list[str]) -> None:
+    main = g["main"]
+    ax.axhline(0.0, color="k", lw=0.8)
+    lines = []
+    for k, c in enumerate(comparisons):
+        rows = [r for r in main["rows"] if r["deltas"].get(c)]
+        if not rows:
+            continue
+        color = COLORS.get(c.split("-", 1)[0]) if k == 0 else f"C{k + 1}"
+        x = [r["epoch"] for r in rows]
+        ax.plot(x, [r["deltas"][c]["delta"] for r in rows], marker="o", ms=2.5, lw=1.2, color=color,
+                label=c.replace("-", " − "))
+        lo = [r["deltas"][c]["lo"] for r in rows]
+        hi = [r["deltas"][c]["hi"] for r in rows]
+        if all(v is not None and math.isfinite(v) for v in lo + hi):
+            ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+        e = main["emergence"].get(c, {})
+        dist = (e.get("distribution") or {}).get("emergence") or {}
+        if e.get("emergence_epoch") is not None:
+            ax.axvline(e["emergence_epoch"], color=color, ls="--", lw=0.9)
+            last = max(x)
+            lo_e, hi_e = dist.get("lo"), dist.get("hi")
+            if lo_e is not None:
+                ax.axvspan(lo_e - 0.5, (hi_e if hi_e is not None else last) + 0.5, color=color, alpha=0.08, lw=0)
+            span = f" [{lo_e if lo_e is not None else 'not yet'}, {hi_e if hi_e is not None else 'not yet'}]" \
+                if dist else ""
+            lines.append(f"{c.replace('-', ' − ')}: emergence epoch {e['emergence_epoch']}{span}")
+        elif not e.get("decides", True):
+            lines.append(f"{c.replace('-', ' − ')}: emergence: no verdict (1 seed per arm)")
+        else:
+            lines.append(f"{c.replace('-', ' − ')}: emergence: not yet")
+    ax.text(0.02, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7,
+            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+    ax.set_title(f"Δ {main['name']} per epoch (band: interval) [{g['scale']}, {g['epochs']} ep]", fontsize=9)
+    ax.set_ylabel(f"Δ {main['metric']}")

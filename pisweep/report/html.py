@@ -36,6 +36,8 @@ def to_html(rep: dict[str, Any]) -> str:
 
 def _figures(rep: dict[str, Any]) -> dict[str, list[tuple[str, bytes]]]:
     out: dict[str, list[tuple[str, bytes]]] = {}
+    if any(g.get("main") and g["main"]["rows"] for g in rep["groups"]):
+        out["answer"] = [("delta per epoch of the main benchmark", figures.main_figure(rep))]
     for g in rep["groups"]:
         if g.get("series") and any(s["rows"] for s in g["series"].values()):
             out[f"curves:{g['key']}"] = [(f"small multiples {g['key']}", figures.curves(g))]

@@ -103,12 +103,10 @@ def intervals(values_a: np.ndarray, values_b: np.ndarray, cov: np.ndarray | None
         cov = cov[:, order][:, :, order]
     paired = ids_a is not None and ids_a == ids_b
     d = a.mean(axis=1) - b.mean(axis=1)
-    if paired:
-        v_seed, df_seed, v_ex = _paired(a - b, cov)
-        flip = _sign_flip(a - b)
-    else:
-        v_seed, df_seed, v_ex = _unpaired(a, b, cov)
-        flip = np.full(len(d), np.nan)
+    cov5 = None if cov is None else cov[:, :, None, :, None]
+    v_seed, df_seed, v_ex = _moments(a[:, :, None], b[:, :, None], cov5, paired)
+    v_seed, v_ex = v_seed[:, 0, 0], np.maximum(v_ex[:, 0, 0], 0.0)
+    flip = _sign_flip(a - b) if paired else np.full(len(d), np.nan)
     method: Method = ("examples+seeds" if df_seed else "examples") if cov is not None else (
         "seeds" if df_seed else "none")
     se, df = _combine(v_seed, df_seed, v_ex)
@@ -138,42 +136,61 @@ def interval(values_a: Sequence[float], values_b: Sequence[float], cov: np.ndarr
 
 # ----------------------------------------------------------------------------------------------- parts
 
+def _moments(a: np.ndarray, b: np.ndarray, cov: np.ndarray | None,
+             paired: bool) -> tuple[np.ndarray, int, np.ndarray]:
+    """The two parts of the variance of mean(a) - mean(b), over E epochs at once (the intervals use E = 1).
+
+    ``a`` (K, S_a, E), ``b`` (K, S_b, E); ``cov`` (K, R, E, R, E) the runs' example-level covariance across
+    epochs (arm A's runs first), or None. Returns the seed part (K, E, E), its degrees of freedom, and the
+    test-set part (K, E, E) that the seed part does not already hold."""
+    if paired:
+        return _paired(a - b, cov)
+    return _unpaired(a, b, cov)
+
+
 def _paired(d: np.ndarray, cov: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray]:
-    """Seed variance of the mean of S paired deltas, its df, and the test-set variance all seeds share."""
-    K, S = d.shape
-    v_seed = d.var(axis=1, ddof=1) / S if S > 1 else np.zeros(K)
+    """Seed (co)variance of the mean of S paired deltas, its df, and the test-set part all seeds share."""
+    K, S, E = d.shape
+    dc = d - d.mean(axis=1, keepdims=True)
+    v_seed = np.einsum("kse,ksf->kef", dc, dc) / (S - 1) / S if S > 1 else np.zeros((K, E, E))
     if cov is None:
-        return v_seed, S - 1, np.zeros(K)
-    aa, ab, ba, bb = cov[:, :S, :S], cov[:, :S, S:], cov[:, S:, :S], cov[:, S:, S:]
-    cd = aa - ab - ba + bb  # covariance of the per-seed deltas over redraws of the test set
+        return v_seed, S - 1, np.zeros((K, E, E))
+    cd = cov[:, :S, :, :S] - cov[:, :S, :, S:] - cov[:, S:, :, :S] + cov[:, S:, :, S:]  # per-seed deltas' covariance
     if S == 1:
-        return v_seed, 0, np.maximum(cd[:, 0, 0], 0.0)
-    off = (cd.sum(axis=(1, 2)) - np.trace(cd, axis1=1, axis2=2)) / (S * (S - 1))
-    return v_seed, S - 1, np.maximum(off, 0.0)
+        return v_seed, 0, cd[:, 0, :, 0, :]
+    return v_seed, S - 1, _off_diagonal_mean(cd)
 
 
 def _unpaired(a: np.ndarray, b: np.ndarray, cov: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray]:
-    """Pooled seed variance of mean(a) - mean(b) with S_a + S_b - 2 df, and the shared test-set variance."""
-    K, n_a = a.shape
+    """Pooled seed (co)variance of mean(a) - mean(b) with S_a + S_b - 2 df, and the shared test-set part."""
+    K, n_a, E = a.shape
     n_b = b.shape[1]
     df = n_a + n_b - 2
     if df > 0:
-        ss = ((a - a.mean(axis=1, keepdims=True)) ** 2).sum(axis=1) + ((b - b.mean(axis=1, keepdims=True)) ** 2).sum(1)
+        ac, bc = a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True)
+        ss = np.einsum("kse,ksf->kef", ac, ac) + np.einsum("kse,ksf->kef", bc, bc)
         v_seed = ss / df * (1.0 / n_a + 1.0 / n_b)
     else:
-        v_seed = np.zeros(K)
+        v_seed = np.zeros((K, E, E))
     if cov is None:
-        return v_seed, df, np.zeros(K)
+        return v_seed, df, np.zeros((K, E, E))
     c = cov.copy()
     if df > 0:  # the seed part already holds each run's own test-set noise: keep only what runs of an arm share
-        for sl, n in ((slice(0, n_a), n_a), (slice(n_a, n_a + n_b), n_b)):
+        for lo, n in ((0, n_a), (n_a, n_b)):
             if n > 1:
-                block = c[:, sl, sl]
-                off = (block.sum(axis=(1, 2)) - np.trace(block, axis1=1, axis2=2)) / (n * (n - 1))
-                idx = np.arange(sl.start, sl.stop)
-                c[:, idx, idx] = off[:, None]
+                off = _off_diagonal_mean(c[:, lo:lo + n, :, lo:lo + n])
+                for i in range(lo, lo + n):
+                    c[:, i, :, i, :] = off
     w = np.concatenate([np.full(n_a, 1.0 / n_a), np.full(n_b, -1.0 / n_b)])
-    return v_seed, df, np.maximum(np.einsum("i,kij,j->k", w, c, w), 0.0)
+    return v_seed, df, np.einsum("i,kiejf,j->kef", w, c, w)
+
+
+def _off_diagonal_mean(block: np.ndarray) -> np.ndarray:
+    """Mean over pairs s != t of block[:, s, :, t, :], for block (K, S, E, S, E): (K, E, E)."""
+    S = block.shape[1]
+    total = block.sum(axis=(1, 3))
+    same = np.einsum("ksesf->kef", block)
+    return (total - same) / (S * (S - 1))
 
 
 def _combine(v_seed: np.ndarray, df_seed: int, v_ex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +215,7 @@ def _arm(x: np.ndarray, cov: np.ndarray | None, sl: slice, level: float) -> tupl
         v_ex = np.zeros(K)
     else:
         block = cov[:, sl, sl]
-        v_ex = block[:, 0, 0] if S == 1 else (block.sum(axis=(1, 2)) - np.trace(block, axis1=1, axis2=2)) / (S * (S - 1))
+        v_ex = block[:, 0, 0] if S == 1 else _off_diagonal_mean(block[:, :, None, :, None])[:, 0, 0]
     se, df = _combine(v_seed, S - 1, np.maximum(v_ex, 0.0))
     if cov is None and S == 1:
         nan = [math.nan] * K
@@ -253,3 +270,43 @@ def interval_from_examples(runs_a: Sequence[Mapping[str, np.ndarray]], runs_b: S
     vb = observed[n_a:] if values_b is None else values_b
     return interval(va, vb, cov, seeds_a=seeds_a, seeds_b=seeds_b, level=level,
                     assume_no_seed_noise=assume_no_seed_noise)
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """The delta over several epochs as one random vector, for the emergence and crossover epochs' distribution.
+
+    ``cov`` is the same two-part variance as each epoch's interval, with the covariances across epochs: seed s's
+    deltas at two epochs move together (one training run), and so do the examples' (one test set)."""
+
+    epochs: tuple[int, ...]
+    delta: np.ndarray  # (E,)
+    cov: np.ndarray  # (E, E)
+    df: float  # of the seed part (inf: none)
+    method: Method
+
+
+def curve(values_a: np.ndarray, values_b: np.ndarray, cov: np.ndarray | None, *, epochs: Sequence[int],
+          seeds_a: Sequence[int] | None = None, seeds_b: Sequence[int] | None = None) -> Curve:
+    """The Curve of A - B: ``values_a`` (S_a, E) and ``values_b`` (S_b, E) per run and epoch, ``cov`` the runs'
+    example-level covariance across epochs (R, E, R, E), arm A's runs first, or None."""
+    a, b = np.asarray(values_a, np.float64), np.asarray(values_b, np.float64)
+    E = len(epochs)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != E or b.shape[1] != E:
+        raise StatsError(f"values must be (seeds, {E} epochs) per arm, got {a.shape} and {b.shape}")
+    n_a, n_b = a.shape[0], b.shape[0]
+    order_a, ids_a = _seed_order(seeds_a, n_a, "seeds_a")
+    order_b, ids_b = _seed_order(seeds_b, n_b, "seeds_b")
+    a, b = a[order_a], b[order_b]
+    if cov is not None:
+        cov = np.asarray(cov, np.float64)
+        if cov.shape != (n_a + n_b, E, n_a + n_b, E):
+            raise StatsError(f"cov must be ({n_a + n_b}, {E}, {n_a + n_b}, {E}), got {cov.shape}")
+        order = np.concatenate([order_a, n_a + order_b])
+        cov = cov[order][:, :, order]
+    paired = ids_a is not None and ids_a == ids_b
+    v_seed, df_seed, v_ex = _moments(a[None], b[None], None if cov is None else cov[None], paired)
+    method: Method = ("examples+seeds" if df_seed else "examples") if cov is not None else (
+        "seeds" if df_seed else "none")
+    return Curve(tuple(int(e) for e in epochs), a.mean(axis=0) - b.mean(axis=0), v_seed[0] + v_ex[0],
+                 float(df_seed) if df_seed > 0 else math.inf, method)

@@ -57,26 +57,34 @@ def contribution(arrays: PerExample, metric: str) -> Contribution:
     raise MetricUndefined(f"no per-example form of metric {metric!r}")
 
 
-def example_covariance(runs: Sequence[PerExample], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values (runs,), covariance (runs, runs)) of ``metric`` over redraws of the test set, for runs scored on the
-    same examples. Raises OrderMismatch when they were not, MetricUndefined when the arrays lack the metric."""
+def linearize(runs: Sequence[PerExample], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values (runs,), psi (runs, units)) of ``metric`` for runs scored on the same examples: psi centred within
+    strata and scaled by sqrt(n_h / (n_h - 1)), so that their covariance over redraws of the test set is
+    ``psi @ psi.T``, across epochs too (the rows of several epochs of one test set share their units). Raises
+    OrderMismatch when the runs scored different examples, MetricUndefined when the arrays lack the metric."""
     parts = [contribution(r, metric) for r in runs]
     first = parts[0]
     for p in parts[1:]:
         if p.key.shape != first.key.shape or not np.array_equal(p.key, first.key):
             raise OrderMismatch("the runs' per-example files hold different examples or orders")
     psi = np.stack([p.psi for p in parts]).astype(np.float64)
-    return np.array([p.value for p in parts]), stratified_covariance(psi, first.strata)
+    return np.array([p.value for p in parts]), scaled_centred(psi, first.strata)
 
 
-def stratified_covariance(psi: np.ndarray, strata: np.ndarray) -> np.ndarray:
-    """sum_h n_h/(n_h - 1) * sum_{u in h} psi_c psi_c^T, psi (runs, units) centred within strata (see above)."""
+def example_covariance(runs: Sequence[PerExample], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values (runs,), covariance (runs, runs)) of ``metric`` over redraws of the test set (see linearize)."""
+    values, psi = linearize(runs, metric)
+    return values, psi @ psi.T
+
+
+def scaled_centred(psi: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """psi (runs, units) centred within strata and scaled by sqrt(n_h/(n_h - 1)) (0 for a unit alone in its
+    stratum): its Gram matrix is the covariance formula above."""
     strata = np.asarray(strata, dtype=np.int64)
     sizes = np.bincount(strata).astype(np.float64)
     means = np.stack([np.bincount(strata, weights=row, minlength=len(sizes)) for row in psi]) / np.maximum(sizes, 1)
-    centred = psi - means[:, strata]
-    factor = np.where(sizes > 1, sizes / np.maximum(sizes - 1, 1), 0.0)[strata]  # a unit alone in its stratum: 0
-    return (centred * factor) @ centred.T
+    factor = np.where(sizes > 1, np.sqrt(sizes / np.maximum(sizes - 1, 1)), 0.0)[strata]
+    return (psi - means[:, strata]) * factor
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -119,3 +119,28 @@ def _retrieval(rng: np.random.Generator, seeds: int, delta: float, shift_a: np.n
                 "recall_k": np.array([1, 5, 10], dtype=np.int64)}
 
     return Draw([run(q + effect + s) for s in shift_a], [run(q + s) for s in shift_b], METRIC["retrieval"], delta)
+
+
+def trajectory(rng: np.random.Generator, seeds: int, deltas: list[float], seed_sd: float,
+               pop: Population = Population()) -> list[Draw]:
+    """One classification test set evaluated at several epochs (one Draw per epoch, truth ``deltas[e]``): the same
+    examples, each example's difficulty and share of the effect, and each seed's shift (one training run per seed,
+    with a little drift between epochs); fresh outcomes per epoch."""
+    n = pop.examples
+    target = rng.integers(0, 10, n)
+    q = rng.uniform(0.35, 0.6, n)
+    spread = pop.effect_sd * rng.uniform(-np.sqrt(3), np.sqrt(3), n)
+    latent = rng.standard_normal(n)
+    shift_a, shift_b = _seed_shifts(rng, seeds, seed_sd)
+
+    def run(chance: np.ndarray) -> dict[str, np.ndarray]:
+        ok = _outcomes(rng, latent, chance)
+        return {"target": target.astype(np.int16), "pred": np.where(ok, target, (target + 1) % 10).astype(np.int16),
+                "top1": ok, "top5": ok | (rng.random(n) < 0.5), "n_classes": np.array(10, dtype=np.int64)}
+
+    out = []
+    for delta in deltas:
+        drift_a, drift_b = _seed_shifts(rng, seeds, 0.2 * seed_sd)
+        out.append(Draw([run(q + delta + spread + s + t) for s, t in zip(shift_a, drift_a)],
+                        [run(q + s + t) for s, t in zip(shift_b, drift_b)], "acc1", float(delta)))
+    return out
