@@ -184,6 +184,31 @@ def test_last_epoch_table_wins_holm_and_retrieval(done):
     # one interval per (task, epoch) in the whole report: the main table's last row is the last-epoch table's
     main_last = rep["groups"][0]["main"]["rows"][-1]["deltas"]["perceptual-random"]
     assert main_last == by["imagenet1k"]["interval"] | {"n_a": main_last["n_a"], "n_b": main_last["n_b"]}
+    # the paper's view: every classification metric, its win count per metric type, the DataComp-style average
+    assert {(m["task"], m["metric"]) for m in last["metrics"] if m["interval"]} == {
+        (t, m) for t in ("imagenet1k", "vtab/pets") for m in ("acc1", "acc5", "mean_per_class_recall")}
+    pt = last["paper_tally"]
+    assert list(pt) == ["top-1", "top-5", "per-class recall", "R@1", "R@5", "R@10", "mean R@1", "overall"]
+    assert pt["overall"] == {"wins": 13, "losses": 0, "ties": 0, "with_results": 13}  # 2 x 3 + 6 + 1
+    avg = last["average"]
+    assert avg["tasks"] == ["imagenet1k", "vtab/pets", "retrieval/flickr_1k_test_image_text_retrieval"]
+    mains = [by[t]["interval"] for t in avg["tasks"]]
+    iv = avg["interval"]
+    assert iv["delta"] == pytest.approx(np.mean([m["delta"] for m in mains]))
+    # seed part: the spread of each seed's delta averaged over the tasks; test-set part: the tasks' parts over T^2
+    # (independent test sets; here the seeds share no examples' noise, so it is about 0 and clamped)
+    per_seed = []
+    for sd in (0, 1, 2):
+        d = []
+        for task in avg["tasks"]:
+            agg = aggregate_retrieval if registry.TASKS[task].kind == registry.RETRIEVAL else aggregate_classification
+            metric = registry.TASKS[task].main_metric
+            d.append(agg(per_example(task, "perceptual", sd, EPOCHS))[metric]
+                     - agg(per_example(task, "random", sd, EPOCHS))[metric])
+        per_seed.append(np.mean(d))
+    assert iv["se_seeds"] == pytest.approx(np.std(per_seed, ddof=1) / np.sqrt(3), rel=1e-6)
+    assert iv["se_examples"] ** 2 <= sum(m["se_examples"] ** 2 for m in mains) / 9 + 1e-15
+    assert iv["lo"] > 0 and iv["method"] == "examples+seeds" and iv["df"] == 2
     rr = [(r["direction"], r["k"]) for r in last["retrieval"]]
     assert sorted(rr) == sorted((d, k) for d in ("text→image", "image→text") for k in (1, 5, 10))
     assert all(r["interval"] is not None for r in last["retrieval"])

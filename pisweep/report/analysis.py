@@ -7,7 +7,6 @@ epoch (for the HTML, Markdown and JSON outputs: small multiples, the delta heatm
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,10 +14,11 @@ import numpy as np
 
 from pisweep.errors import PisweepError
 from pisweep.eval import registry
-from pisweep.report.data import Group, Run, StudyData, main_values, metric_values
-from pisweep.report.emergence import crossover_epoch, emergence_epoch, onset_distribution, sign_test, tally
+from pisweep.report.data import Group, StudyData, main_values, run_index
+from pisweep.report.emergence import crossover_epoch, emergence_epoch, onset_distribution
 from pisweep.report.estimate import Estimator, interval_dict
 from pisweep.report.inference import Interval
+from pisweep.report.lastepoch import last_table
 
 DEFINITIONS = {
     "delta": "A − B of the task's main metric, each arm's value being the mean over its seeds (perceptual − random; "
@@ -117,17 +117,6 @@ class _Values:
         return self.partial[key]
 
 
-def _column(m: np.ndarray, idx: np.ndarray, epoch: int) -> np.ndarray:
-    """The values of runs ``idx`` at ``epoch`` (NaN where missing)."""
-    if epoch >= m.shape[1] or len(idx) == 0:
-        return np.full(len(idx), np.nan)
-    return m[idx, epoch]
-
-
-def _idx(runs: list[Run]) -> np.ndarray:
-    return np.array([r.index for r in runs], dtype=np.int64)
-
-
 def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
     est = Estimator(level=opts.level, per_example=opts.per_example, assume_no_seed_noise=opts.assume_no_seed_noise)
     values = _Values(data)
@@ -158,7 +147,7 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
         if gr["last_epoch"] is None:
             continue
         for c in cmps:
-            tables.append((gr, c, _last_table(data, est, g, gr["last_epoch"], c, values, wanted)))
+            tables.append((gr, c, last_table(data, est, g, gr["last_epoch"], c, values, wanted)))
     est.flush()
     for fin in finalizers:
         fin()
@@ -194,7 +183,7 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
     """One task over the evaluated epochs of one group: arm means, intervals per comparison, emergence."""
     meta = registry.get_task(task)
     runs = {arm: data.runs_of(g, arm) for arm in data.arms}
-    sub = {arm: m[_idx(r)] if r else np.full((0, m.shape[1]), np.nan) for arm, r in runs.items()}
+    sub = {arm: m[run_index(r)] if r else np.full((0, m.shape[1]), np.nan) for arm, r in runs.items()}
     fin = {arm: np.isfinite(v) for arm, v in sub.items()}
     any_epoch = np.zeros(m.shape[1], bool)
     for f in fin.values():
@@ -274,59 +263,3 @@ def _last_epoch(series: dict[str, Any] | None, cmps: list[tuple[str, str]]) -> i
     if used is None:
         used = [r["epoch"] for r in series["rows"] if r["complete"][cmp_key(cmps[0])]]
     return max(used) if used else None
-
-
-def _last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[str, str], values: _Values,
-                wanted: set[int]) -> Callable[[float], dict[str, Any]]:
-    """Every task at ``epoch``: both arms, delta, interval, and retrieval recall@k both ways."""
-    a_runs, b_runs = data.runs_of(g, c[0]), data.runs_of(g, c[1])
-    idx_a, idx_b = _idx(a_runs), _idx(b_runs)
-    rows, retrieval = [], []
-
-    def ask(task: str, metric: str, va: np.ndarray, vb: np.ndarray, done: Callable[[Interval], None]) -> None:
-        ia, ib = np.flatnonzero(np.isfinite(va)), np.flatnonzero(np.isfinite(vb))
-        if len(ia) and len(ib):
-            est.request(task, metric, epoch, [a_runs[i] for i in ia], [b_runs[i] for i in ib], va[ia].tolist(),
-                        vb[ib].tolist(), done)
-
-    for task in data.tasks:
-        meta = registry.get_task(task)
-        m = values.at(task, wanted)
-        va, vb = _column(m, idx_a, epoch), _column(m, idx_b, epoch)
-        row = {"task": task, "name": meta.display_name, "kind": meta.kind, "metric": meta.main_metric,
-               "n_a": int(np.isfinite(va).sum()), "n_b": int(np.isfinite(vb).sum()), "planned_a": len(a_runs),
-               "planned_b": len(b_runs), "interval": None}
-        rows.append(row)
-        ask(task, meta.main_metric, va, vb,
-            lambda iv, row=row: row.__setitem__("interval", interval_dict(iv, row["n_a"], row["n_b"])))
-        if meta.kind == registry.RETRIEVAL:
-            names = [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in registry.RECALL_K]
-            both = metric_values(data, task, names, epoch)
-            for name in names:
-                rrow = {"task": task, "name": meta.display_name, "metric": name,
-                        "direction": "text→image" if name.startswith("image") else "image→text",
-                        "k": int(name.rsplit("@", 1)[1]), "interval": None}
-                retrieval.append(rrow)
-                ask(task, name, both[name][idx_a], both[name][idx_b],
-                    lambda iv, rrow=rrow: rrow.__setitem__("interval", interval_dict(iv)))
-
-    def finalize(alpha: float) -> dict[str, Any]:
-        ivs = {r["task"]: r["interval"] for r in rows if r["interval"] and math.isfinite(r["interval"]["delta"])}
-        t = tally({k: (v["delta"], v["p"], v["decides"]) for k, v in ivs.items()}, alpha=alpha)
-        for r in rows:
-            if r["task"] in ivs:
-                r["p_holm"] = t.p_adjusted[r["task"]]
-                r["outcome"] = t.outcome[r["task"]]
-        counts: dict[str, Any] = {}
-        for kind in (registry.CLASSIFICATION, registry.RETRIEVAL, "all"):
-            sel = [r for r in rows if r["task"] in ivs and (kind == "all" or r["kind"] == kind)]
-            w = sum(ivs[r["task"]]["delta"] > 0 for r in sel)
-            lo = sum(ivs[r["task"]]["delta"] < 0 for r in sel)
-            planned = sum(1 for r in rows if kind == "all" or r["kind"] == kind)
-            counts[kind] = {"wins": w, "losses": lo, "ties": len(sel) - w - lo, "with_results": len(sel),
-                            "planned": planned, "sign_p": sign_test(w, lo),
-                            "significant": {o: sum(1 for r in sel if r.get("outcome") == o)
-                                            for o in ("win", "loss", "tie", "no verdict")}}
-        return {"epoch": epoch, "final": epoch == g.epochs, "tasks": rows, "tally": counts, "alpha": alpha,
-                "retrieval": retrieval}
-    return finalize

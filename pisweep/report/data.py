@@ -76,6 +76,11 @@ class StudyData:
         return self.cache[key]
 
 
+def run_index(runs: Sequence[Run]) -> np.ndarray:
+    """The rows of ``runs`` in every value matrix."""
+    return np.array([r.index for r in runs], dtype=np.int64)
+
+
 def load_study(ledger: Ledger, study: Study, plan: Plan, suite_version: str, main_task: str) -> StudyData:
     """The plan's runs (in plan order) with their ledger states, the groups and arms in the grid's order."""
     jobs = jobs_of(ledger, plan.study)

@@ -2,90 +2,34 @@
 (rich), export.py (Markdown) and html.py, so the three say the same things in the same order. Pure."""
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from pisweep.eval import registry
+from pisweep.report.doc_last import last_blocks
+from pisweep.report.docmodel import (
+    BAD,
+    DIM,
+    GOOD,
+    METHODS,
+    PLAIN,
+    WARN,
+    Block,
+    Cell,
+    Table,
+    arm_names,
+    epoch_range,
+    epochs_text,
+    hours,
+    interval,
+    noise_note,
+    num,
+    pval,
+    signed,
+    tone_of,
+)
 
-GOOD, BAD, DIM, WARN, PLAIN = "good", "bad", "dim", "warn", ""
 RUN_TABLE_LIMIT = 40  # runs listed one by one in the cost section
-
-
-@dataclass
-class Cell:
-    text: str
-    tone: str = PLAIN
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[tuple[str, str]]  # (name, "left" | "right")
-    rows: list[list[Cell]] = field(default_factory=list)
-
-
-@dataclass
-class Block:
-    kind: str  # "h1" | "h2" | "h3" | "p" | "table" | "figure"
-    text: str = ""
-    tone: str = PLAIN
-    table: Table | None = None
-    figure: str | None = None  # figure slot: "curves:<group key>", "heatmap:<group key>", "emergence"
-    group: dict[str, Any] | None = None
-
-
-def num(v: float | None, digits: int = 4) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def signed(v: float | None, digits: int = 4) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.{digits}f}"
-
-
-def interval(lo: float | None, hi: float | None, sign: bool = False) -> str:
-    f = signed if sign else num
-    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
-        return ""
-    return f"[{f(lo, 3)}, {f(hi, 3)}]"
-
-
-def hours(v: float) -> str:
-    return f"{v:.2f}" if v >= 1 else f"{v:.3g}"
-
-
-def pval(p: float | None) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "—"
-    return f"{p:.3f}" if p >= 0.001 else "<0.001"
-
-
-def tone_of(d: dict[str, Any] | None) -> str:
-    """Green or red only for an interval that may decide (it holds seed noise) and excludes 0."""
-    if not d or not d.get("decides") or d.get("lo") is None or (isinstance(d["lo"], float) and math.isnan(d["lo"])):
-        return PLAIN
-    return GOOD if d["lo"] > 0 else BAD if d["hi"] < 0 else PLAIN
-
-
-def epochs_text(epochs: list[int]) -> str:
-    """1, 2, 3, 5, 6 -> "1–3, 5–6"."""
-    if not epochs:
-        return "none"
-    parts, start, prev = [], epochs[0], epochs[0]
-    for e in epochs[1:] + [None]:
-        if e is not None and e == prev + 1:
-            prev = e
-            continue
-        parts.append(str(start) if start == prev else f"{start}–{prev}")
-        if e is not None:
-            start = prev = e
-    return ", ".join(parts)
-
-
-def arm_names(cmp: str) -> tuple[str, str]:
-    a, b = cmp.split("-", 1)
-    return a, b
 
 
 def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
@@ -116,26 +60,6 @@ def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
                 Block("figure", figure="emergence")]
     out += coverage_blocks(rep) + cost_blocks(rep) + definition_blocks(rep)
     return out
-
-
-METHODS = {"examples+seeds": "seeds and test set",
-           "examples": "test set only (1 seed per arm: training randomness not included)",
-           "seeds": "seeds only (no per-example files: test-set noise not included)",
-           "none": "none (1 seed per arm and no per-example files)"}
-
-
-def noise_note(ivs: list[dict[str, Any] | None], assumed: bool = False) -> str:
-    """What a table's or a plot's intervals leave out, said where they are shown ('' when nothing is)."""
-    methods = {iv["method"] for iv in ivs if iv}
-    notes = []
-    if "examples" in methods:
-        notes.append("1 seed per arm: training randomness is NOT in these intervals"
-                     + (" (assumed none: --assume-no-seed-noise)" if assumed else ", so no verdict is drawn"))
-    if "seeds" in methods:
-        notes.append("seed-level only: the test set's noise is NOT in these intervals")
-    if "none" in methods:
-        notes.append("1 seed per arm without per-example files: no interval")
-    return "; ".join(notes)
 
 
 def method_text(rep: dict[str, Any]) -> str:
@@ -225,69 +149,6 @@ def emergence_text(c: str, e: dict[str, Any]) -> str:
     prov = " (provisional: the last evaluated epoch or short of the budget)" if e.get("provisional") else ""
     em = f" {epoch_range(dist['emergence'])}" if dist else ""
     return f"emergence epoch ({a} − {b}): {e['emergence_epoch']}{em}{prov} {span} · {cross_t}"
-
-
-def epoch_range(d: dict[str, Any]) -> str:
-    """An epoch's 95% interval from its distribution: "[11, 18]", "[11, not yet]"."""
-    def one(x: int | None) -> str:
-        return "not yet" if x is None else str(x)
-    return f"[{one(d.get('lo'))}, {one(d.get('hi'))}]"
-
-
-def last_blocks(rep: dict[str, Any], gr: dict[str, Any], c: str, last: dict[str, Any]) -> list[Block]:
-    a, b = arm_names(c)
-    state = "final" if last["final"] else f"budget {gr['epochs']}: still running"
-    note = noise_note([r["interval"] for r in last["tasks"]], rep["settings"]["assume_no_seed_noise"])
-    t = Table(f"epoch {last['epoch']} ({state}) · every benchmark · {a} vs {b}" + (f" · {note}" if note else ""),
-              [("benchmark", "left"), ("metric", "left"), (b, "right"), (a, "right"), ("Δ [interval]", "right"),
-               ("p", "right"), ("p Holm", "right"), ("outcome", "left"), ("runs", "right")])
-    missing = []
-    for r in last["tasks"]:
-        iv = r["interval"]
-        if not iv:
-            missing.append(r["task"])
-            continue
-        o = r.get("outcome", "tie")
-        t.rows.append([Cell(r["name"]), Cell(r["metric"]), Cell(num(iv["mean_b"])), Cell(num(iv["mean_a"])),
-                       Cell(f"{signed(iv['delta'])} {interval(iv['lo'], iv['hi'], True)}".strip(), tone_of(iv)),
-                       Cell(pval(iv["p"])), Cell(pval(r.get("p_holm"))),
-                       Cell(o, GOOD if o == "win" else BAD if o == "loss" else DIM if o == "no verdict" else PLAIN),
-                       Cell(f"{r['n_a']}/{r['planned_a']} {r['n_b']}/{r['planned_b']}")])
-    out = [Block("table", table=t)] if t.rows else []
-    if missing:
-        out.append(Block("p", f"no result at epoch {last['epoch']} ({len(missing)}): {', '.join(missing)} "
-                              "(reasons under Coverage)", WARN))
-    tl = last["tally"]
-    parts = []
-    for kind in ("classification", "retrieval"):
-        k = tl[kind]
-        if k["planned"]:
-            parts.append(f"{k['wins']}/{k['with_results']} {kind} (of {k['planned']} planned; sign test "
-                         f"p = {pval(k['sign_p'])})")
-    al = tl["all"]
-    sig = al["significant"]
-    judged = (f"after Holm at {last['alpha']}: {sig['win']} wins, {sig['loss']} losses, {sig['tie']} ties"
-              + (f", {sig['no verdict']} without a verdict" if sig.get("no verdict") else ""))
-    out.append(Block("p", f"wins ({a} > {b}): " + ", ".join(parts) + f"; all {al['wins']}/{al['with_results']} "
-                          f"(p = {pval(al['sign_p'])}) · {judged}"))
-    rr = [r for r in last["retrieval"] if r["interval"]]
-    absent = sorted({f"{r['name']} {r['direction']} R@{r['k']}" for r in last["retrieval"] if not r["interval"]})
-    if absent:
-        out.append(Block("p", f"no retrieval recall at epoch {last['epoch']} for: {', '.join(absent)}", WARN))
-    if rr:
-        note2 = noise_note([r["interval"] for r in rr], rep["settings"]["assume_no_seed_noise"])
-        t2 = Table(f"retrieval recall@k at epoch {last['epoch']} · {a} vs {b} (resampled by image)"
-                   + (f" · {note2}" if note2 else ""),
-                   [("benchmark", "left"), ("direction", "left"), ("k", "right"), (b, "right"), (a, "right"),
-                    ("Δ [interval]", "right"), ("p", "right")])
-        for r in rr:
-            iv = r["interval"]
-            t2.rows.append([Cell(r["name"]), Cell(r["direction"]), Cell(str(r["k"])),
-                            Cell(num(iv["mean_b"]) if iv else "—"), Cell(num(iv["mean_a"]) if iv else "—"),
-                            Cell(f"{signed(iv['delta'])} {interval(iv['lo'], iv['hi'], True)}".strip() if iv else
-                                 "no result", tone_of(iv)), Cell(pval(iv["p"]) if iv else "—")])
-        out.append(Block("table", table=t2))
-    return out
 
 
 def coverage_blocks(rep: dict[str, Any]) -> list[Block]:

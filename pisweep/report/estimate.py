@@ -52,6 +52,7 @@ class Estimator:
     _scope: Any = None
     _psi: dict[Series, dict[int, np.ndarray]] = field(default_factory=dict)  # this benchmark's, per epoch
     _gram: dict[Series, tuple[tuple[int, ...], np.ndarray]] = field(default_factory=dict)  # (epochs, R x E x R x E)
+    _cov: dict[Key, np.ndarray] = field(default_factory=dict)  # each per-example interval's runs x runs covariance
 
     def request(self, task: str, metric: str, epoch: int, runs_a: Sequence[Run], runs_b: Sequence[Run],
                 values_a: Sequence[float], values_b: Sequence[float], done: Done, for_curve: bool = False) -> None:
@@ -116,6 +117,17 @@ class Estimator:
             cov = stored[1][:, idx][:, :, :, idx]
         return curve(values_a, values_b, cov, epochs=epochs, seeds_a=_ids(runs_a), seeds_b=_ids(runs_b))
 
+    def average(self, items: Sequence[tuple[str, str]], epoch: int, runs_a: Sequence[Run], runs_b: Sequence[Run],
+                values_a: np.ndarray, values_b: np.ndarray) -> Interval:
+        """The interval of the mean over tasks of A - B (``items``: (task, metric) pairs, values (T, S) per arm):
+        each run's value is its mean over the tasks, and the tasks' test sets are independent, so the example
+        covariance is the tasks' summed over T^2. Seed-level only when one task had no usable per-example files."""
+        ua, ub = tuple(r.uid for r in runs_a), tuple(r.uid for r in runs_b)
+        covs = [self._cov.get((task, metric, int(epoch), ua, ub)) for task, metric in items]
+        cov = None if any(c is None for c in covs) else sum(covs) / len(items) ** 2
+        return interval(np.mean(values_a, axis=0), np.mean(values_b, axis=0), cov, seeds_a=_ids(runs_a),
+                        seeds_b=_ids(runs_b), level=self.level, assume_no_seed_noise=self.assume_no_seed_noise)
+
     def _close_curves(self) -> None:
         """Turn the kept influence values into covariances across epochs (R x E x R x E), and drop them."""
         for key, per_epoch in self._psi.items():
@@ -136,7 +148,8 @@ class Estimator:
             arrays.append(got)
         try:
             _, psi = linearize(arrays, metric)
-            iv = interval(values_a, values_b, psi @ psi.T, seeds_a=_ids(runs_a), seeds_b=_ids(runs_b),
+            cov = psi @ psi.T
+            iv = interval(values_a, values_b, cov, seeds_a=_ids(runs_a), seeds_b=_ids(runs_b),
                           level=self.level, assume_no_seed_noise=self.assume_no_seed_noise)
         except OrderMismatch as e:
             self._fallback("per-example files of different examples or order", f"{task} epoch {epoch}: {e}")
@@ -144,8 +157,9 @@ class Estimator:
         except (KeyError, MetricUndefined, StatsError) as e:
             self._fallback("per-example files unusable for this metric", f"{task} {metric}: {e}")
             return None
+        series: Series = (task, metric, tuple(r.uid for r in runs_a), tuple(r.uid for r in runs_b))
+        self._cov[(task, metric, int(epoch), series[2], series[3])] = cov
         if for_curve:
-            series: Series = (task, metric, tuple(r.uid for r in runs_a), tuple(r.uid for r in runs_b))
             self._psi.setdefault(series, {})[int(epoch)] = psi
         return iv
 

@@ -6,7 +6,7 @@ import io
 import math
 from typing import Any
 
-from pisweep.report.doc import noise_note
+from pisweep.report.docmodel import noise_note
 
 COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4"}
 
