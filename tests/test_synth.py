@@ -238,3 +238,38 @@ def test_world_attributes_are_visible_and_weighted_shape_colour_texture():
     assert d_shape > d_colour > d_texture > d_pose > 0 == d(base)
     scene = world.sample_scene(world.rng_for(0, 99, 1), shape="ring", colour="orange", texture="plain")
     assert world.caption(scene, 0) == "an orange ring on a plain background"
+
+
+def test_pose_only_judgments_ignore_what_the_tasks_ask_about(tmp_path):
+    """The negative control's simulated humans see pose only: shape, colour and texture changes cost nothing, and
+    the written NIGHTS votes side with the distortion whose pose is closer. The default keeps its old hash."""
+    base = world.sample_scene(world.rng_for(0, 99, 0), shape="square", colour="red", texture="plain")
+    o = base.main
+    moved = replace(base, objects=(replace(o, cx=o.cx + 0.1),))
+    reshaped = replace(base, objects=(replace(o, shape="circle", colour="blue", rgb=world.COLOURS["blue"]),),
+                       texture="striped")
+    d = functools.partial(world.perceptual_distance, base, judgments="pose-only")
+    assert d(reshaped) == 0.0 < d(moved)
+    assert world.perceptual_distance(base, reshaped) > world.perceptual_distance(base, moved)  # task-aligned
+    null = SMALL.model_copy(update={"judgments": "pose-only"})
+    assert SMALL.config_hash() == SynthConfig(**SMALL.model_dump(exclude={"judgments"})).config_hash()
+    assert null.config_hash() != SMALL.config_hash()
+    layout = synthesize(tmp_path / "null", null)
+    rows = list(csv_rows(layout.nights_root / "data.csv"))
+    agree = 0
+    for r in rows:
+        ref, left, right = world.nights_triplet(null.seed, int(r["id"]))
+        closer_right = d_pose(ref, right) < d_pose(ref, left)
+        agree += closer_right == (r["right_vote"] == "1")
+    assert agree / len(rows) > 0.9  # rater noise flips a few
+
+
+def d_pose(a, b) -> float:
+    return world.perceptual_distance(a, b, "pose-only")
+
+
+def csv_rows(path: Path):
+    import csv
+
+    with open(path, newline="") as fh:
+        yield from csv.DictReader(fh)

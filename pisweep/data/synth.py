@@ -209,7 +209,7 @@ def _write_nights(out: Path, cfg: SynthConfig, report: Progress) -> None:
     while kept < cfg.nights_triplets or low < cfg.nights_low_vote_rows:
         scenes = world.nights_triplet(cfg.seed, index)
         ref = scenes[0]
-        d_left, d_right = (world.perceptual_distance(ref, s) for s in scenes[1:])
+        d_left, d_right = (world.perceptual_distance(ref, s, cfg.judgments) for s in scenes[1:])
         right, votes = world.simulate_votes(cfg.seed, index, d_left, d_right)
         unanimous = votes >= 6
         if (unanimous and kept < cfg.nights_triplets) or (not unanimous and low < cfg.nights_low_vote_rows):

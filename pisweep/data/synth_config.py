@@ -32,6 +32,9 @@ class SynthConfig(BaseModel):
     eval_samples_per_shard: int = Field(100, ge=8, description="samples per eval shard")
     eval_tasks: list[EvalTaskName] | None = Field(None, validate_default=True,
                                                  description="CLIP_benchmark task names; None = all")
+    judgments: Literal["task-aligned", "pose-only"] = Field(
+        "task-aligned", description="what the simulated humans' NIGHTS judgments attend to: 'task-aligned' (shape, "
+                                    "colour, texture: the positive control) or 'pose-only' (the negative control)")
 
     @field_validator("train_scales")
     @classmethod
@@ -51,6 +54,18 @@ class SynthConfig(BaseModel):
         chosen = set(EVAL_TASK_NAMES) if v is None else set(v)
         return [t for t in EVAL_TASK_NAMES if t in chosen]  # canonical order: None and the full list hash alike
 
+    def identity_dump(self) -> dict[str, object]:
+        """The config as JSON, without the fields added later while they hold their defaults: a config written
+        before them keeps its hash, its data folder and its study identity."""
+        data = self.model_dump(mode="json")
+        for name, default in _LATER_DEFAULTS.items():
+            if data.get(name) == default:
+                data.pop(name)
+        return data
+
     def config_hash(self) -> str:
-        blob = json.dumps({"version": GENERATOR_VERSION, "config": self.model_dump(mode="json")}, sort_keys=True)
+        blob = json.dumps({"version": GENERATOR_VERSION, "config": self.identity_dump()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_LATER_DEFAULTS: dict[str, object] = {"judgments": "task-aligned"}  # added after GENERATOR_VERSION 1

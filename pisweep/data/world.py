@@ -27,6 +27,13 @@ TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "grid")
 
 # Weights of the simulated human distance (see module docstring). Rater noise is on the difference of distances.
 W_SHAPE, W_COLOUR, W_TEXTURE, W_POSE = 3.0, 2.0, 1.0, 0.6
+#: What the simulated humans attend to, as (shape, colour, texture, pose) weights. "task-aligned" is the demo's
+#: positive control: the zero-shot tasks classify shape and colour, so a vision tower that learns these judgments
+#: is built to help. "pose-only" is the negative control: position, size and rotation, which no task asks about.
+JUDGMENTS: dict[str, tuple[float, float, float, float]] = {
+    "task-aligned": (W_SHAPE, W_COLOUR, W_TEXTURE, W_POSE),
+    "pose-only": (0.0, 0.0, 0.0, W_SHAPE),
+}
 COLOUR_SCALE = 250.0  # RGB distance at which the colour term saturates
 RATER_NOISE = 0.45  # std of one simulated rater's noise on d(ref, left) - d(ref, right)
 
@@ -137,15 +144,17 @@ def _other(rng: np.random.Generator, options: tuple[str, ...], current: str) -> 
     return rest[rng.integers(len(rest))]
 
 
-def perceptual_distance(a: Scene, b: Scene) -> float:
-    """The simulated human distance between two one-object scenes: shape >> colour > texture > pose."""
+def perceptual_distance(a: Scene, b: Scene, judgments: str = "task-aligned") -> float:
+    """The simulated human distance between two one-object scenes, weighted as ``JUDGMENTS[judgments]``
+    (task-aligned: shape >> colour > texture > pose)."""
+    w_shape, w_colour, w_texture, w_pose = JUDGMENTS[judgments]
     oa, ob = a.main, b.main
-    d = W_SHAPE * (oa.shape != ob.shape)
-    d += W_COLOUR * min(1.0, float(np.linalg.norm(np.subtract(oa.rgb, ob.rgb))) / COLOUR_SCALE)
-    d += W_TEXTURE * (a.texture != b.texture)
+    d = w_shape * (oa.shape != ob.shape)
+    d += w_colour * min(1.0, float(np.linalg.norm(np.subtract(oa.rgb, ob.rgb))) / COLOUR_SCALE)
+    d += w_texture * (a.texture != b.texture)
     rot = abs((oa.rotation - ob.rotation + 180.0) % 360.0 - 180.0) / 180.0
     pose = abs(oa.cx - ob.cx) + abs(oa.cy - ob.cy) + abs(oa.size - ob.size) + 0.5 * rot
-    return float(d + W_POSE * min(1.0, pose / 0.3))
+    return float(d + w_pose * min(1.0, pose / 0.3))
 
 
 def nights_triplet(seed: int, index: int) -> tuple[Scene, Scene, Scene]:

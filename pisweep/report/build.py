@@ -31,7 +31,25 @@ def build_report(ledger: Ledger, study: Study, plan: Plan, suite_version: str, o
     rep["curves"] = curves(data, rep)
     rep["emergence_by_scale"] = emergence_by_scale(rep)
     rep["answer"] = answer.sentences(rep)
+    rep["world"] = synthetic_world(study)
     return rep
+
+
+WORLDS = {
+    "task-aligned": "a positive control: its simulated human judgments weigh shape, then colour and texture, which "
+                    "the zero-shot tasks classify, so the synthetic world is built for perceptual init to help",
+    "pose-only": "a negative control: its simulated human judgments weigh only position, size and rotation, which no "
+                 "zero-shot task asks about, so the synthetic world is built for perceptual init NOT to help; a win "
+                 "or an emergence here is a false positive",
+}
+
+
+def synthetic_world(study: Study) -> dict[str, str] | None:
+    """What a synthetic study's world is built to show (None for real data)."""
+    synth = study.data.synthetic
+    if synth is None:
+        return None
+    return {"judgments": synth.judgments, "text": f"synthetic data, {WORLDS[synth.judgments]}."}
 
 
 def curves(data: StudyData, rep: dict[str, Any]) -> list[dict[str, Any]]:

@@ -43,6 +43,8 @@ def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
                           f"suite v{rep['suite_version']}"))
     out.append(Block("p", method_text(rep), WARN if rep["method"]["fallbacks"] else PLAIN))
     out.append(Block("h2", "The answer"))
+    if rep.get("world"):
+        out.append(Block("p", rep["world"]["text"][:1].upper() + rep["world"]["text"][1:], DIM))
     for a in rep.get("answer", []):
         out.append(Block("p", a["text"], PLAIN if a["decides"] else WARN))
     if figures:

@@ -149,7 +149,7 @@ def _data(study: Study, version: int, part: str, scale: str | None = None) -> di
     """What identifies the data a job reads."""
     data = study.data
     if data.synthetic is not None:
-        synth = data.synthetic.model_dump(mode="json", exclude={"root"})
+        synth = {k: v for k, v in data.synthetic.identity_dump().items() if k != "root"}
         if part == "train":
             return {"synthetic": synth, "scale": scale, "samples": data.synthetic.train_scales[scale]}
         return {"synthetic": synth}
