@@ -147,7 +147,7 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
         if gr["last_epoch"] is None:
             continue
         for c in cmps:
-            tables.append((gr, c, last_table(data, est, g, gr["last_epoch"], c, values, wanted)))
+            tables.append((gr, c, last_table(data, est, g, gr["last_epoch"], c, values, wanted, opts.full)))
     est.flush()
     for fin in finalizers:
         fin()

@@ -1,7 +1,7 @@
 """The answer first: one sentence per (data scale, epoch budget) group and comparison, from the report's numbers.
 
-    ImageNet 1k acc1: perceptual − random = +1.2 pts [+0.4, +2.0] at epoch 32; sustained from epoch 14 [11, 18],
-    interval above 0 from epoch 16 [12, 20] (3 seeds).
+    ImageNet 1k acc1: perceptual − random = +1.2 pts [+0.4, +2.0] at epoch 32 [scale full, 32 epochs]; sustained
+    from epoch 14 [11, 18]; interval above 0 from epoch 16 [12, 20] (3 seeds).
 
 "Sustained from" is the crossover epoch (the mean delta stays above 0 from there on; the closer analogue of the
 paper's "gains emerge after about 15 epochs"), "interval above 0 from" the emergence epoch; each with the 95 %
@@ -36,7 +36,7 @@ def sentences(rep: dict[str, Any]) -> list[dict[str, Any]]:
                 text += (_sustained(e, with_interval=False)
                          + f" ({_seeds(d)}: training randomness is not in this interval, so no verdict).")
             else:
-                text += f"{_sustained(e)}, {_emerges(e)} ({_seeds(d)})."
+                text += f"{_sustained(e)}; {_emerges(e)} ({_seeds(d)})."
             out.append({"group": gr["key"], "comparison": c, "decides": bool(d.get("decides")), "text": text})
     return out
 
@@ -77,7 +77,7 @@ def _epoch_interval(dist: dict[str, Any] | None) -> str:
 def _sustained(e: dict[str, Any], with_interval: bool = True) -> str:
     through = e.get("through_epoch")
     if e.get("crossover_epoch") is None:
-        return f"the mean delta is not above 0 through epoch {through} (not sustained yet)"
+        return f"not sustained yet: the mean delta is not above 0 through epoch {through}"
     dist = (e.get("distribution") or {}).get("crossover") if with_interval else None
     return f"sustained from epoch {e['crossover_epoch']}{_epoch_interval(dist)}"
 
@@ -85,6 +85,6 @@ def _sustained(e: dict[str, Any], with_interval: bool = True) -> str:
 def _emerges(e: dict[str, Any]) -> str:
     dist = (e.get("distribution") or {}).get("emergence")
     if e.get("emergence_epoch") is None:
-        return "interval not above 0 through the last epoch (no emergence yet)"
+        return "no emergence yet: the interval is not above 0 through the last epoch"
     prov = ", provisional" if e.get("provisional") else ""
     return f"interval above 0 from epoch {e['emergence_epoch']}{_epoch_interval(dist)}{prov}"

@@ -108,7 +108,10 @@ def paper_blocks(rep: dict[str, Any], last: dict[str, Any], a: str, b: str) -> l
             t.rows.append(cells)
         out.append(Block("table", table=t))
     pt = last.get("paper_tally") or {}
-    if pt:
+    if not by_task and pt:
+        out.append(Block("p", "every classification metric and the paper's count per metric type: --html, --md or "
+                              "--json", DIM))
+    elif pt:
         parts = [f"{kind} {v['wins']}/{v['with_results']}" for kind, v in pt.items() if kind != "overall"]
         ov = pt.get("overall", {})
         out.append(Block("p", f"the paper's count ({a} > {b} on every metric of every benchmark, point deltas): "

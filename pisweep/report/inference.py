@@ -117,7 +117,8 @@ def intervals(values_a: np.ndarray, values_b: np.ndarray, cov: np.ndarray | None
     out = []
     for k in range(len(d)):
         none = method == "none"
-        lo, hi = (math.nan, math.nan) if none else (float(d[k] - q[k] * se[k]), float(d[k] + q[k] * se[k]))
+        lo, hi = (math.nan, math.nan) if none else (max(-1.0, float(d[k] - q[k] * se[k])),
+                                                      min(1.0, float(d[k] + q[k] * se[k])))  # a difference of shares
         out.append(Interval(
             mean_a=arm_a[0][k], lo_a=arm_a[1][k], hi_a=arm_a[2][k], mean_b=arm_b[0][k], lo_b=arm_b[1][k],
             hi_b=arm_b[2][k], delta=float(d[k]), lo=lo, hi=hi, p_value=math.nan if none else float(p[k]),
@@ -220,8 +221,8 @@ def _arm(x: np.ndarray, cov: np.ndarray | None, sl: slice, level: float) -> tupl
     if cov is None and S == 1:
         nan = [math.nan] * K
         return mean.tolist(), nan, nan
-    q = stdtrit(df, (1.0 + level) / 2.0)
-    return mean.tolist(), (mean - q * se).tolist(), (mean + q * se).tolist()
+    q = stdtrit(df, (1.0 + level) / 2.0)  # every metric is a share: its bounds stay in [0, 1]
+    return mean.tolist(), np.clip(mean - q * se, 0.0, 1.0).tolist(), np.clip(mean + q * se, 0.0, 1.0).tolist()
 
 
 def _sign_flip(d: np.ndarray) -> np.ndarray:

@@ -31,9 +31,10 @@ def column(m: np.ndarray, idx: np.ndarray, epoch: int) -> np.ndarray:
 
 
 def last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[str, str], values: Any,
-               wanted: set[int]) -> Callable[[float], dict[str, Any]]:
+               wanted: set[int], full: bool = True) -> Callable[[float], dict[str, Any]]:
     """Ask for every interval of the last-epoch tables now; the returned function assembles them after the
-    Estimator's flush. ``values``: the report's main-value cache (``.at(task, epochs)``)."""
+    Estimator's flush. ``values``: the report's main-value cache (``.at(task, epochs)``); ``full``: also every
+    classification metric (acc1, acc5, per-class recall) for the paper's view."""
     a_runs, b_runs = data.runs_of(g, c[0]), data.runs_of(g, c[1])
     idx_a, idx_b = run_index(a_runs), run_index(b_runs)
     rows, retrieval, metrics, mains = [], [], [], {}
@@ -66,7 +67,7 @@ def last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[s
                         "k": int(name.rsplit("@", 1)[1]), "interval": None}
                 retrieval.append(rrow)
                 ask(task, name, both[name][idx_a], both[name][idx_b], keep(rrow))
-        else:
+        elif full:  # the paper's view reads every metric row of the epoch: the full report's, not the terminal's
             per = metric_values(data, task, list(CLASSIFICATION_METRICS), epoch)
             for name in CLASSIFICATION_METRICS:
                 mrow = {"task": task, "name": meta.display_name, "metric": name, "interval": None}
