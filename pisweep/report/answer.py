@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from pisweep.eval import registry
+from pisweep.report.docmodel import epoch_range
 
 
 def sentences(rep: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,10 +69,7 @@ def _seeds(d: dict[str, Any]) -> str:
 
 
 def _epoch_interval(dist: dict[str, Any] | None) -> str:
-    if not dist:
-        return ""
-    lo, hi = dist.get("lo"), dist.get("hi")
-    return f" [{lo if lo is not None else 'not yet'}, {hi if hi is not None else 'not yet'}]"
+    return f" {epoch_range(dist)}" if dist else ""
 
 
 def _sustained(e: dict[str, Any], with_interval: bool = True) -> str:

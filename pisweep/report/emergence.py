@@ -112,12 +112,11 @@ def _first_of_positive_suffix(epochs: Sequence[int], values: Sequence[float], na
         raise StatsError(f"{len(epochs)} epochs but {len(values)} {name}")
     if len(set(epochs)) != len(epochs):
         raise StatsError(f"epochs must be distinct, got {list(epochs)}")
-    found: int | None = None
-    for epoch, value in sorted(zip(epochs, values), key=lambda t: t[0], reverse=True):
-        if not float(value) > 0.0:  # NaN is not above zero
-            break
-        found = int(epoch)
-    return found
+    if not len(epochs):
+        return None
+    order = np.argsort(np.asarray(epochs))
+    first = int(_first_of_positive_suffixes(np.asarray(values, np.float64)[order][None])[0])  # NaN: not above 0
+    return int(np.asarray(epochs)[order][first]) if first < len(epochs) else None
 
 
 def onset_distribution(epochs: Sequence[int], delta: np.ndarray, cov: np.ndarray, half_widths: Sequence[float],

@@ -6,7 +6,7 @@ import io
 import math
 from typing import Any
 
-from pisweep.report.docmodel import noise_note
+from pisweep.report.docmodel import epoch_range, noise_note
 
 COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4"}
 
@@ -203,8 +203,7 @@ def _delta_panel(ax, g: dict[str, Any], comparisons: list[str]) -> None:
             lo_e, hi_e = dist.get("lo"), dist.get("hi")
             if lo_e is not None:
                 ax.axvspan(lo_e - 0.5, (hi_e if hi_e is not None else last) + 0.5, color=color, alpha=0.08, lw=0)
-            span = f" [{lo_e if lo_e is not None else 'not yet'}, {hi_e if hi_e is not None else 'not yet'}]" \
-                if dist else ""
+            span = f" {epoch_range(dist)}" if dist else ""
             lines.append(f"{c.replace('-', ' − ')}: emergence epoch {e['emergence_epoch']}{span}")
         elif not e.get("decides", True):
             lines.append(f"{c.replace('-', ' − ')}: emergence: no verdict (1 seed per arm)")

@@ -95,20 +95,14 @@ def intervals(values_a: np.ndarray, values_b: np.ndarray, cov: np.ndarray | None
         cov = np.asarray(cov, dtype=np.float64)
         if cov.shape != (a.shape[0], n_a + n_b, n_a + n_b):
             raise StatsError(f"cov must be ({a.shape[0]}, {n_a + n_b}, {n_a + n_b}), got {cov.shape}")
-    order_a, ids_a = _seed_order(seeds_a, n_a, "seeds_a")
-    order_b, ids_b = _seed_order(seeds_b, n_b, "seeds_b")
-    a, b = a[:, order_a], b[:, order_b]
-    if cov is not None:
-        order = np.concatenate([order_a, n_a + order_b])
-        cov = cov[:, order][:, :, order]
-    paired = ids_a is not None and ids_a == ids_b
+    a3, b3, cov5, paired = _aligned(a[:, :, None], b[:, :, None], None if cov is None else cov[:, :, None, :, None],
+                                    seeds_a, seeds_b)
+    a, b, cov = a3[:, :, 0], b3[:, :, 0], None if cov5 is None else cov5[:, :, 0, :, 0]
     d = a.mean(axis=1) - b.mean(axis=1)
-    cov5 = None if cov is None else cov[:, :, None, :, None]
-    v_seed, df_seed, v_ex = _moments(a[:, :, None], b[:, :, None], cov5, paired)
+    v_seed, df_seed, v_ex = _moments(a3, b3, cov5, paired)
     v_seed, v_ex = v_seed[:, 0, 0], np.maximum(v_ex[:, 0, 0], 0.0)
     flip = _sign_flip(a - b) if paired else np.full(len(d), np.nan)
-    method: Method = ("examples+seeds" if df_seed else "examples") if cov is not None else (
-        "seeds" if df_seed else "none")
+    method = _method(cov is not None, df_seed)
     se, df = _combine(v_seed, df_seed, v_ex)
     q = stdtrit(df, (1.0 + level) / 2.0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -296,18 +290,31 @@ def curve(values_a: np.ndarray, values_b: np.ndarray, cov: np.ndarray | None, *,
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != E or b.shape[1] != E:
         raise StatsError(f"values must be (seeds, {E} epochs) per arm, got {a.shape} and {b.shape}")
     n_a, n_b = a.shape[0], b.shape[0]
-    order_a, ids_a = _seed_order(seeds_a, n_a, "seeds_a")
-    order_b, ids_b = _seed_order(seeds_b, n_b, "seeds_b")
-    a, b = a[order_a], b[order_b]
     if cov is not None:
         cov = np.asarray(cov, np.float64)
         if cov.shape != (n_a + n_b, E, n_a + n_b, E):
             raise StatsError(f"cov must be ({n_a + n_b}, {E}, {n_a + n_b}, {E}), got {cov.shape}")
+    a3, b3, cov5, paired = _aligned(a[None], b[None], None if cov is None else cov[None], seeds_a, seeds_b)
+    v_seed, df_seed, v_ex = _moments(a3, b3, cov5, paired)
+    return Curve(tuple(int(e) for e in epochs), a3[0].mean(axis=0) - b3[0].mean(axis=0), v_seed[0] + v_ex[0],
+                 float(df_seed) if df_seed > 0 else math.inf, _method(cov is not None, df_seed))
+
+
+def _aligned(a: np.ndarray, b: np.ndarray, cov: np.ndarray | None, seeds_a: Sequence[int] | None,
+             seeds_b: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """Runs (K, S, E) of each arm, and their covariance (K, R, E, R, E), in sorted seed order, so that seed s of
+    both arms lines up; and whether the arms are paired (ran the same seed ids)."""
+    n_a = a.shape[1]
+    order_a, ids_a = _seed_order(seeds_a, n_a, "seeds_a")
+    order_b, ids_b = _seed_order(seeds_b, b.shape[1], "seeds_b")
+    if cov is not None:
         order = np.concatenate([order_a, n_a + order_b])
-        cov = cov[order][:, :, order]
-    paired = ids_a is not None and ids_a == ids_b
-    v_seed, df_seed, v_ex = _moments(a[None], b[None], None if cov is None else cov[None], paired)
-    method: Method = ("examples+seeds" if df_seed else "examples") if cov is not None else (
-        "seeds" if df_seed else "none")
-    return Curve(tuple(int(e) for e in epochs), a.mean(axis=0) - b.mean(axis=0), v_seed[0] + v_ex[0],
-                 float(df_seed) if df_seed > 0 else math.inf, method)
+        cov = cov[:, order][:, :, :, order]
+    return a[:, order_a], b[:, order_b], cov, ids_a is not None and ids_a == ids_b
+
+
+def _method(examples: bool, df_seed: int) -> Method:
+    """What an interval includes: the test set when per-example files were used, seeds when they have df."""
+    if examples:
+        return "examples+seeds" if df_seed else "examples"
+    return "seeds" if df_seed else "none"
