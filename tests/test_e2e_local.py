@@ -79,6 +79,16 @@ def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
                 t.metrics.c.job_uid == cell["uid"], t.metrics.c.epoch == best,
                 t.metrics.c.metric == "nights_val_2afc")).scalar_one()
             assert cell["main_metric"] == {"task": "nights", "metric": "val_2afc", "epoch": best, "value": value}
+            # The perceptual run's epoch 0 (its starting weights) scores what stage 1 scored on the epoch it handed
+            # on: the same vision tower on the same triplets (both in fp32 on the CPU).
+            handed = dict(conn.execute(select(t.metrics.c.metric, t.metrics.c.value).where(
+                t.metrics.c.job_uid == cell["uid"], t.metrics.c.epoch == best,
+                t.metrics.c.metric.like("nights_%"))).all())
+            run = next(c for c in status["cells"] if c["label"] == cell["label"].replace("init-perceptual-s",
+                                                                                         "perceptual-tiny-e2-s"))
+            start = dict(conn.execute(select(t.metrics.c.metric, t.metrics.c.value).where(
+                t.metrics.c.job_uid == run["uid"], t.metrics.c.epoch == 0, t.metrics.c.task == "nights_2afc")).all())
+            assert len(start) == 4 and start == handed
     led.close()
 
 
@@ -99,7 +109,7 @@ def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):
                 assert len([k for k in counts if k != "nights_2afc"]) == 6
         weights = conn.execute(select(t.checkpoints.c.path).where(t.checkpoints.c.kind == "weights")).scalars().all()
     led.close()
-    assert len(weights) == 4
+    assert len(weights) == 6  # epochs 0 (the starting weights, for NIGHTS), 1 and 2 of both runs
     # A weights file loads with open_clip in a fresh process (the inline config lies next to it).
     code = ("import sys, open_clip; from pathlib import Path; p=Path(sys.argv[1]);"
             "open_clip.add_model_config(p.parent / 'pisweep-tiny.json');"
@@ -124,6 +134,11 @@ def test_report_has_both_arms_delta_and_plot(submitted, capsys):
     assert [r["epoch"] for r in main_curve["rows"]] == [1, 2]
     row = main_curve["rows"][-1]
     assert row["delta_perceptual"] == pytest.approx(row["perceptual"] - row["random"])
+    nights = next(c for c in rep["curves"] if c["metric"] == "nights_total_2afc")
+    assert [r["epoch"] for r in nights["rows"]] == [0, 1, 2]
+    (group,) = rep["groups"]
+    total = group["nights"]["nights_total_2afc"]["rows"][0]["deltas"]["perceptual-random"]
+    assert total["method"] == "examples" and not total["decides"] and total["lo"] <= total["delta"] <= total["hi"]
     png = Path(rep["plot"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

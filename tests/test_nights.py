@@ -158,3 +158,20 @@ def test_score_2afc_matches_dreamsim_formula():
     assert score_2afc([1.0], [2.0], [1.0]) == 0.0
     with pytest.raises(ValueError):
         score_2afc(d0, d1[:2], t)
+
+
+def test_the_total_is_dreamsims_size_weighted_mean_of_the_test_subsets():
+    """DreamSim's eval_percep.py reports nights_total = (n_in * score_in + n_out * score_out) / (n_in + n_out)."""
+    from pisweep.data.nights import outcomes_2afc, scores_by_subset
+
+    d0, d1, t = np.array([1.0, 2.0, 3.0, 0.5]), np.array([2.0, 1.0, 3.0, 0.1]), np.array([0.0, 0.0, 1.0, 1.0])
+    assert list(outcomes_2afc(d0, d1, t)) == [1.0, 0.0, 0.5, 1.0]
+    outcomes = {"val": np.array([1.0, 0.0]), "test_imagenet": np.array([1.0, 1.0, 0.5]),
+                "test_no_imagenet": np.array([0.0, 1.0, 0.0, 0.0, 1.0, 0.5, 1.0])}
+    got = scores_by_subset(outcomes)
+    assert got["nights_val_2afc"] == 0.5 and got["nights_test_imagenet_2afc"] == pytest.approx(2.5 / 3)
+    assert got["nights_total_2afc"] == pytest.approx((3 * got["nights_test_imagenet_2afc"]
+                                                      + 7 * got["nights_test_no_imagenet_2afc"]) / 10)
+    assert got["nights_total_2afc"] != pytest.approx((got["nights_test_imagenet_2afc"]
+                                                      + got["nights_test_no_imagenet_2afc"]) / 2)
+    assert "nights_total_2afc" not in scores_by_subset({"val": outcomes["val"]})

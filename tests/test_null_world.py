@@ -39,3 +39,12 @@ def test_the_null_world_study_shows_no_emergence_and_no_win(tmp_path, monkeypatc
     assert judged and all(r["outcome"] != "win" for r in judged)
     assert last["tally"]["all"]["significant"]["win"] == 0
     assert rep["answer"][0]["text"].endswith("(3 seeds).")
+    # NIGHTS 2AFC through stage 2, from the starting weights on, with intervals over seeds and triplets
+    nights = group["nights"]
+    assert list(nights) == ["nights_val_2afc", "nights_test_imagenet_2afc", "nights_test_no_imagenet_2afc",
+                            "nights_total_2afc"]
+    for series in nights.values():
+        assert [r["epoch"] for r in series["rows"]] == [0, 1, 2]
+        for row in series["rows"]:
+            assert row["arms"]["random"]["n"] == row["arms"]["perceptual"]["n"] == 3
+            assert row["deltas"]["perceptual-random"]["method"] == "examples+seeds"

@@ -113,6 +113,51 @@ def test_captions_of_one_image_are_resampled_together():
     assert iv.se == pytest.approx(np.std(deltas), rel=0.1)
 
 
+def nights_runs(rng: np.random.Generator, sizes=(400, 150, 250)) -> list[dict[str, np.ndarray]]:
+    """Two runs' per-triplet 2AFC outcomes (1 agree, 0 disagree, 1/2 tie) on val and both test subsets, as
+    runner/evals.py stores them; the runs agree on most triplets."""
+    out = []
+    shared = {name: rng.random(n) for name, n in zip(("val", "test_imagenet", "test_no_imagenet"), sizes)}
+    for bar in (0.6, 0.7):
+        run = {}
+        for name, u in shared.items():
+            v = 0.8 * u + 0.2 * rng.random(len(u))
+            run[f"{name}_outcome"] = np.where(v < bar, 1.0, np.where(v < bar + 0.03, 0.5, 0.0))
+            run[f"{name}_id"] = np.array([f"{name}-{i}" for i in range(len(u))])
+        out.append(run)
+    return out
+
+
+@pytest.mark.parametrize("metric", ["nights_val_2afc", "nights_test_imagenet_2afc", "nights_total_2afc"])
+def test_nights_covariance_is_the_bootstrap_over_triplets(metric):
+    """NIGHTS 2AFC per set, the total being both test subsets' triplets together (DreamSim's size-weighted mean,
+    scored by the same function stage 1 and the eval job use)."""
+    from pisweep.data.nights import scores_by_subset
+
+    rng = np.random.default_rng(5)
+    runs = nights_runs(rng)
+    subsets = ("test_imagenet", "test_no_imagenet") if metric == "nights_total_2afc" else (metric[7:-5],)
+    pooled = [np.concatenate([r[f"{x}_outcome"] for x in subsets]) for r in runs]
+    which = np.concatenate([np.full(len(runs[0][f"{x}_outcome"]), i) for i, x in enumerate(subsets)])
+    n = len(which)
+
+    def score(outcomes: np.ndarray, idx: np.ndarray) -> float:
+        return scores_by_subset({x: outcomes[idx][which[idx] == i] for i, x in enumerate(subsets)})[metric]
+
+    draws = [rng.integers(0, n, n) for _ in range(3000)]
+    ref = np.cov(np.array([[score(o, idx) for o in pooled] for idx in draws]).T)
+    values, cov = example_covariance(runs, metric)
+    everything = {x: runs[0][f"{x}_outcome"] for x in ("val", "test_imagenet", "test_no_imagenet")}
+    assert values[0] == pytest.approx(scores_by_subset(everything)[metric])
+    assert cov == pytest.approx(ref, rel=0.12)
+    assert cov[0, 1] > 0.2 * math.sqrt(cov[0, 0] * cov[1, 1])
+    with pytest.raises(OrderMismatch):  # runs scored on other triplets (or another order) are not compared
+        example_covariance([runs[0], {**runs[1], "val_id": runs[1]["val_id"][::-1],
+                                      "test_imagenet_id": runs[1]["test_imagenet_id"][::-1]}], metric)
+    with pytest.raises(MetricUndefined, match="NIGHTS"):
+        example_covariance([{"val_outcome": runs[0]["val_outcome"]}], "nights_total_2afc")
+
+
 def test_runs_of_different_examples_or_a_missing_metric_are_refused():
     rng = np.random.default_rng(4)
     a, b = classification_runs(rng)
@@ -202,9 +247,31 @@ def test_the_shared_test_set_part_is_added_once():
     """Paired seeds: se^2 = var(per-seed deltas) / S + the mean off-diagonal covariance of the per-seed deltas."""
     cov = np.zeros((4, 4))
     cov[:2, :2] = [[4e-4, 1e-4], [1e-4, 4e-4]]  # arm A's two runs; arm B's are fixed
-    iv = interval([0.52, 0.50], [0.40, 0.40], cov, seeds_a=[0, 1], seeds_b=[0, 1])
-    assert iv.se == pytest.approx(math.sqrt(np.var([0.12, 0.10], ddof=1) / 2 + 1e-4))
+    iv = interval([0.56, 0.50], [0.40, 0.40], cov, seeds_a=[0, 1], seeds_b=[0, 1])
+    assert iv.se == pytest.approx(math.sqrt(np.var([0.16, 0.10], ddof=1) / 2 + 1e-4))
     assert iv.se_examples == pytest.approx(0.01) and iv.df == 1
+    # Two seeds with the same delta by chance: the seed part is no smaller than each seed's own test-set noise
+    # (diagonal minus shared: 3e-4, over S), so the interval is not of zero width.
+    tied = interval([0.50, 0.50], [0.40, 0.40], cov, seeds_a=[0, 1], seeds_b=[0, 1])
+    assert tied.se == pytest.approx(math.sqrt(3e-4 / 2 + 1e-4)) and tied.lo < 0.1 < tied.hi
+
+
+def test_tied_seed_deltas_on_a_small_discrete_test_set_keep_their_level():
+    """18 triplets (a CI-size NIGHTS set), two seeds, no true difference, no seed noise beyond which triplets a
+    run gets right: per-seed deltas tie often, and the old zero-width intervals then called a difference at
+    p < 0.001. The interval must hold its level here too."""
+    rng = np.random.default_rng(11)
+    n, reps, rejections, ties, zero = 18, 2000, 0, 0, 0
+    for _ in range(reps):
+        runs = [{"val_outcome": (rng.random(n) < 0.9).astype(float), "val_id": np.arange(n)} for _ in range(4)]
+        values, cov = example_covariance(runs, "nights_val_2afc")
+        ties += values[0] - values[2] == values[1] - values[3]
+        iv = interval(values[:2], values[2:], cov, seeds_a=[0, 1], seeds_b=[0, 1])
+        rejections += iv.p_value < 0.05
+        zero += iv.hi - iv.lo < 1e-12
+    assert ties > 0.05 * reps  # the case happens (11 % of draws)
+    assert zero / reps <= 0.005  # the old seed part: 11 % of intervals had zero width
+    assert rejections / reps <= 0.05  # the old seed part: 7.4 %
 
 
 @pytest.mark.parametrize("call, match", [

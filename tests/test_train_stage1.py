@@ -86,7 +86,7 @@ def test_loss_decreases_and_lowest_val_loss_init_loads_into_a_fresh_model(tmp_pa
     done = events(ctx.folder, "epoch_done")
     assert [e["epoch"] for e in done] == list(range(1, 7)) and done[-1]["step"] == 18  # 48 / 16 x 6
     assert set(done[0]["metrics"]) == {"train_loss", "val_loss", "nights_val_2afc", "nights_test_imagenet_2afc",
-                                       "nights_test_no_imagenet_2afc"}
+                                       "nights_test_no_imagenet_2afc", "nights_total_2afc"}
     train_loss = [e["metrics"]["train_loss"] for e in done]
     assert train_loss[-1] < 0.5 * train_loss[0]
     assert done[-1]["metrics"]["nights_val_2afc"] >= 0.9

@@ -16,10 +16,11 @@ from PIL import Image
 
 from pisweep.atomic import sha256_file
 from pisweep.errors import TrainingError
-from pisweep.job.context import JobContext
+from pisweep.job.context import JobContext, Preempted
 from pisweep.job.events import read_events
 from pisweep.models import TINY_CONFIG, create_model
 from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage2Spec, Study, WandbSpec
+from pisweep.testing import StopAfter
 from pisweep.train.augment import declip_train_transform
 from pisweep.train.loader import EpochBatchSampler, ShardDataset, epoch_order, make_loader
 from pisweep.train.optim import cosine_lr, decays, param_groups
@@ -286,6 +287,42 @@ def test_perceptual_arm_trains_from_the_init(tmp_path):
     ctx = JobContext(uid="run-pi", folder=tmp_path / "run")
     run_stage2(ctx, study, init="perceptual", init_weights=init, shards=pattern, samples=16, epochs=1, seed=0, eval_epochs=[1])
     assert [e["epoch"] for e in events(ctx.folder, "epoch_done")] == [1]
+    assert not (ctx.folder / "checkpoints" / "epoch_0.pt").exists()  # only when the job asks for it
+
+
+@pytest.mark.parametrize("init_name", ["random", "perceptual"])
+def test_epoch_0_weights_are_the_weights_the_run_starts_from(tmp_path, init_name):
+    """NIGHTS 2AFC at epoch 0 is evaluated on this file: the seeded init (and the stage-1 vision tower for PI),
+    saved before the first step, recorded like every weights file, and not written again by a resumed attempt."""
+    pattern = make_shards(tmp_path / "shards", [16])
+    study = tiny_study(tmp_path, pattern, 16, batch=8)
+    donor, _, _, _ = create_model(NAME, TINY_CONFIG)
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.add_(0.5)
+    init = tmp_path / "init.pt"
+    torch.save({"epoch": 2, "state_dict": donor.state_dict()}, init)
+    init_weights = init if init_name == "perceptual" else None
+    folder = tmp_path / "run"
+    with pytest.raises(Preempted):
+        run_stage2(StopAfter(uid="r", folder=folder, stop_at=1), study, init=init_name, init_weights=init_weights,
+                   shards=pattern, samples=16, epochs=2, seed=3, eval_epochs=[1, 2], start_weights=True)
+    path = folder / "checkpoints" / "epoch_0.pt"
+    first = sha256_file(path)
+    run_stage2(JobContext(uid="r", folder=folder), study, init=init_name, init_weights=init_weights, shards=pattern,
+               samples=16, epochs=2, seed=3, eval_epochs=[1, 2], start_weights=True)
+    assert sha256_file(path) == first
+    start = [e for e in events(folder, "checkpoint") if e["kind"] == "weights" and e["epoch"] == 0]
+    assert len(start) == 1 and start[0]["sha256"] == first and start[0]["step"] == 0
+    expected, _, _ = build_model(study, init_name, init_weights, seed=3)
+    saved = torch.load(path, weights_only=True)["state_dict"]
+    assert set(saved) == set(expected.state_dict())
+    for k, v in expected.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    trained = torch.load(folder / "checkpoints" / "epoch_1.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(trained["visual.conv1.weight"], saved["visual.conv1.weight"])
+    if init_name == "perceptual":
+        assert torch.equal(saved["visual.conv1.weight"], donor.state_dict()["visual.conv1.weight"])
 
 
 def test_wandb_offline_run_lives_in_the_job_folder(tmp_path):

@@ -145,12 +145,27 @@ def _load(path: Path) -> Image.Image:
 
 
 def score_2afc(d0: Any, d1: Any, target: Any) -> float:
-    """DreamSim's 2AFC score: (d0<d1)(1-t) + (d1<d0)t + (d0==d1)/2, averaged. d0 = d(ref, left), d1 = d(ref, right)."""
+    """DreamSim's 2AFC score: the mean of :func:`outcomes_2afc`."""
+    return float(outcomes_2afc(d0, d1, target).mean())
+
+
+def scores_by_subset(outcomes: dict[str, np.ndarray]) -> dict[str, float]:
+    """``nights_<subset>_2afc`` of each non-empty subset's outcomes, and ``nights_total_2afc``: DreamSim's total, the
+    two test subsets' outcomes together (their size-weighted mean), when both were scored."""
+    out = {f"nights_{name}_2afc": float(np.mean(v)) for name, v in outcomes.items() if len(v)}
+    tests = [outcomes.get(name) for name in ("test_imagenet", "test_no_imagenet")]
+    if all(v is not None for v in tests) and sum(len(v) for v in tests):
+        out["nights_total_2afc"] = float(np.mean(np.concatenate(tests)))
+    return out
+
+
+def outcomes_2afc(d0: Any, d1: Any, target: Any) -> np.ndarray:
+    """Each triplet's 2AFC outcome, (d0<d1)(1-t) + (d1<d0)t + (d0==d1)/2, with d0 = d(ref, left), d1 = d(ref, right):
+    1 when the model agrees with the humans, 0 when not, 1/2 for a tie."""
     d0, d1, t = (_array(x) for x in (d0, d1, target))
     if not (d0.shape == d1.shape == t.shape) or d0.size == 0:
         raise ValueError(f"score_2afc needs equal, non-empty shapes; got {d0.shape}, {d1.shape}, {t.shape}")
-    scores = (d0 < d1) * (1.0 - t) + (d1 < d0) * t + (d0 == d1) * 0.5
-    return float(scores.mean())
+    return (d0 < d1) * (1.0 - t) + (d1 < d0) * t + (d0 == d1) * 0.5
 
 
 def _array(x: Any) -> np.ndarray:

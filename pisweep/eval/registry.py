@@ -107,8 +107,13 @@ SUITE_KEYS: tuple[str, ...] = tuple(t.key for t in _TASKS)
 CLASSIFICATION_KEYS: tuple[str, ...] = tuple(t.key for t in _TASKS if t.kind == CLASSIFICATION)
 RETRIEVAL_KEYS: tuple[str, ...] = tuple(t.key for t in _TASKS if t.kind == RETRIEVAL)
 
-#: The NIGHTS 2AFC score of stage 1 is reported beside the suite but is not one of the 31 tasks.
-NIGHTS_2AFC = Task("nights_2afc", "2afc", "2afc_score", "NIGHTS 2AFC", None)
+#: NIGHTS 2AFC (human alignment) is reported beside the suite but is not one of the 31 tasks. Its result files are
+#: versioned apart from the suite (NIGHTS_VERSION): "nights-2" added the per-triplet outcomes and DreamSim's total.
+NIGHTS_2AFC = Task("nights_2afc", "2afc", "nights_val_2afc", "NIGHTS 2AFC", None)
+NIGHTS_VERSION = "nights-2"
+NIGHTS_SUBSETS = ("val", "test_imagenet", "test_no_imagenet")
+NIGHTS_TOTAL = "test"  # DreamSim's nights_total: both test subsets together, i.e. their size-weighted mean
+NIGHTS_METRICS = tuple(f"nights_{s}_2afc" for s in (*NIGHTS_SUBSETS, "total"))
 PSEUDO_TASKS: dict[str, Task] = {NIGHTS_2AFC.key: NIGHTS_2AFC}
 
 _BY_FOLDER: dict[str, Task] = {}

@@ -21,7 +21,8 @@ def train_job_file(run: RunJob, study_json: dict[str, Any], paths: DataPaths, la
     init_weights = str(JobPaths(layout.init_dir(run.init_uid)).init_weights) if run.init_uid else None
     return JobFile("train", run.uid, str(layout.run_dir(run.uid)), study_json,
                    {"init": run.init, "init_weights": init_weights, "shards": shards, "samples": samples,
-                    "epochs": run.epochs, "seed": run.seed, "eval_epochs": list(run.eval_epochs)})
+                    "epochs": run.epochs, "seed": run.seed, "eval_epochs": list(run.eval_epochs),
+                    "start_weights": paths.nights is not None})  # epoch 0: NIGHTS 2AFC of the starting weights
 
 
 def eval_job_file(run_uid: str, items: list[tuple[int, str]], study_json: dict[str, Any], paths: DataPaths,

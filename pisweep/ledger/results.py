@@ -40,6 +40,15 @@ def metric_rows_at(ledger: Ledger, study: str, task: str, epoch: int, suite_vers
                  (int(epoch), task, study, suite_version))
 
 
+def task_metric_rows(ledger: Ledger, task: str, suite_version: str) -> list[tuple[str, int, str, float | None]]:
+    """(run, epoch, metric, value) of every done eval of ``task`` (a pseudo-task's few metrics: NIGHTS 2AFC): one range
+    of the covering index evals_done_by_task, then one primary-key range of metrics per eval."""
+    return fetch(ledger, "SELECT m.job_uid, m.epoch, m.metric, m.value FROM evals e JOIN metrics m "
+                         "ON m.job_uid = e.job_uid AND m.epoch = e.epoch AND m.task = e.task "
+                         "AND m.suite_version = e.suite_version WHERE e.state = 'done' AND e.task = ? "
+                         "AND e.suite_version = ?", (task, suite_version))
+
+
 def eval_problem_rows(ledger: Ledger, study: str, suite_version: str) -> list[tuple]:
     """(task, state, evals, runs, one reason) of failed and missing-data evals, from the partial index of problems."""
     with ledger.engine.connect() as conn:

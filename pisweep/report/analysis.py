@@ -14,7 +14,7 @@ import numpy as np
 
 from pisweep.errors import PisweepError
 from pisweep.eval import registry
-from pisweep.report.data import Group, StudyData, main_values, run_index
+from pisweep.report.data import Group, StudyData, main_values, run_index, task_metric_values
 from pisweep.report.emergence import crossover_epoch, emergence_epoch, onset_distribution
 from pisweep.report.estimate import Estimator, interval_dict
 from pisweep.report.inference import Interval
@@ -51,6 +51,11 @@ DEFINITIONS = {
                         "the interval does not include seed noise.",
     "win count": "tasks whose point delta is above zero (losses below, ties exactly zero), with an exact two-sided "
                  "sign test of wins vs losses (ties dropped).",
+    "NIGHTS 2AFC": "the share of NIGHTS triplets (unanimous votes) on which the model's closer image (cosine distance "
+                   "of its image embeddings) is the humans' choice, a tie counting 1/2, per set: val, test_imagenet, "
+                   "test_no_imagenet, and their total (both test subsets together: DreamSim's size-weighted mean); "
+                   "epoch 0 is the weights each run starts from (random: its seeded init; perceptual and shuffled: "
+                   "the stage-1 vision tower). Intervals as for a benchmark, the triplets being the test set's units.",
     "lost hours": "for an attempt that ended without saving (failed, timeout, vanished, cancelled) and was followed "
                   "by another: the time after its last recorded checkpoint, redone by the next attempt.",
 }
@@ -140,6 +145,15 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
                 gr["last_epoch"] = max((e for t in data.tasks if t != opts.main_task for e in
                                         [_last_epoch(_series(data, None, g, t, values.all_epochs(t), cmps, opts)[0], cmps)]
                                         if e is not None), default=None)
+    nights = task_metric_values(data, registry.NIGHTS_2AFC.key, registry.NIGHTS_VERSION)
+    for g, gr in zip(data.groups, groups):
+        gr["nights"] = {}
+        for metric in (m for m in registry.NIGHTS_METRICS if m in nights):
+            s, fin = _series(data, est, g, registry.NIGHTS_2AFC.key, nights[metric], cmps, opts, metric=metric,
+                             name=NIGHTS_NAMES[metric], curve=False, start=True)
+            if s["rows"]:
+                gr["nights"][metric] = s
+                finalizers.append(fin)
     wanted = {gr["last_epoch"] for gr in groups if gr["last_epoch"] is not None}
     tables = []
     for g, gr in zip(data.groups, groups):
@@ -178,10 +192,20 @@ def _group_header(data: StudyData, g: Group) -> dict[str, Any]:
             "planned_epochs": planned}
 
 
+NIGHTS_NAMES = {"nights_val_2afc": "NIGHTS val", "nights_test_imagenet_2afc": "NIGHTS test (ImageNet)",
+                "nights_test_no_imagenet_2afc": "NIGHTS test (no ImageNet)",
+                "nights_total_2afc": "NIGHTS test total (size-weighted)"}
+
+
 def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.ndarray,
-            cmps: list[tuple[str, str]], opts: Options) -> tuple[dict[str, Any], Callable[[], None]]:
-    """One task over the evaluated epochs of one group: arm means, intervals per comparison, emergence."""
+            cmps: list[tuple[str, str]], opts: Options, metric: str | None = None, name: str | None = None,
+            curve: bool = True, start: bool = False) -> tuple[dict[str, Any], Callable[[], None]]:
+    """One metric (the task's main one unless given) over the evaluated epochs of one group: arm means, intervals
+    per comparison, and (``curve``) the emergence and crossover epochs with their distribution; without ``curve``
+    the terminal report (not ``full``) takes the first and the last epoch only. ``start``: epoch 0, the weights the
+    runs start from, is expected too (NIGHTS)."""
     meta = registry.get_task(task)
+    metric = metric or meta.main_metric
     runs = {arm: data.runs_of(g, arm) for arm in data.arms}
     sub = {arm: m[run_index(r)] if r else np.full((0, m.shape[1]), np.nan) for arm, r in runs.items()}
     fin = {arm: np.isfinite(v) for arm, v in sub.items()}
@@ -190,15 +214,15 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
         any_epoch |= f.any(axis=0)
     epochs = [int(e) for e in np.flatnonzero(any_epoch)]
     rows = []
-    for e in epochs:
+    for e in epochs if curve or opts.full else sorted(set(epochs[:1] + epochs[-1:])):  # terminal: start and last
         row: dict[str, Any] = {"epoch": e, "arms": {}, "deltas": {}, "complete": {}}
         for arm in runs:
             vals = sub[arm][fin[arm][:, e], e]
             row["arms"][arm] = {"mean": float(vals.mean()) if len(vals) else None, "n": int(len(vals)),
                                 "planned": len(runs[arm]), "lo": None, "hi": None}
         rows.append(row)
-    planned = sorted({x for r in data.runs_of(g) for x in r.eval_epochs})
-    s: dict[str, Any] = {"task": task, "name": meta.display_name, "kind": meta.kind, "metric": meta.main_metric,
+    planned = sorted({x for r in data.runs_of(g) for x in r.eval_epochs} | ({0} if start else set()))
+    s: dict[str, Any] = {"task": task, "name": name or meta.display_name, "kind": meta.kind, "metric": metric,
                          "rows": rows, "emergence": {}, "pending_epochs": [e for e in planned if e not in epochs]}
     part = {arm: f.any(axis=1) for arm, f in fin.items()}  # runs with any result of this task
     for row in rows:  # epochs outside, comparisons inside: an epoch's per-example files are read once
@@ -212,15 +236,15 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
                                                and ok_b[part_b].all())
             if ok_a.any() and ok_b.any() and est is not None:
                 ia, ib = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
-                est.request(task, meta.main_metric, e, [runs[a][i] for i in ia], [runs[b][i] for i in ib],
+                est.request(task, metric, e, [runs[a][i] for i in ia], [runs[b][i] for i in ib],
                             sub[a][ia, e].tolist(), sub[b][ib, e].tolist(), _store(row, c, len(ia), len(ib)),
-                            for_curve=True)
-    if est is None:  # only the completeness was wanted
+                            for_curve=curve)
+    if est is None or not curve:  # only the completeness was wanted, or no emergence
         for c in cmps:
             s["emergence"][cmp_key(c)] = {"epochs_used": [r["epoch"] for r in rows if r["complete"][cmp_key(c)]]}
 
     def finalize() -> None:
-        for c in cmps:
+        for c in cmps if curve else ():
             k = cmp_key(c)
             used = [r for r in rows if r["complete"][k] and r["deltas"].get(k)]
             ep = [r["epoch"] for r in used]
@@ -233,7 +257,7 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
                                  "decides": decides, "includes": used[-1]["deltas"][k]["includes"] if used else None}
             if decides and est is not None:
                 ia, ib = np.flatnonzero(part[c[0]]), np.flatnonzero(part[c[1]])
-                cv = est.curve(task, meta.main_metric, ep, [runs[c[0]][i] for i in ia], [runs[c[1]][i] for i in ib],
+                cv = est.curve(task, metric, ep, [runs[c[0]][i] for i in ia], [runs[c[1]][i] for i in ib],
                                sub[c[0]][np.ix_(ia, ep)], sub[c[1]][np.ix_(ib, ep)])
                 half = [r["deltas"][k]["delta"] - r["deltas"][k]["lo"] for r in used]
                 s["emergence"][k]["distribution"] = onset_distribution(ep, cv.delta, cv.cov, half, cv.df,

@@ -1,22 +1,17 @@
 """One study's report as a JSON-able dict: the analysis, coverage, cost, and the per-benchmark curves."""
 from __future__ import annotations
 
-import math
 from typing import Any
-
-import numpy as np
 
 from pisweep.ledger.db import Ledger
 from pisweep.report import answer
 from pisweep.report.analysis import Options, analyze
 from pisweep.report.cost import cost
 from pisweep.report.coverage import coverage
-from pisweep.report.data import StudyData, load_study, main_values
+from pisweep.report.data import load_study
 from pisweep.study.datapaths import resolve
 from pisweep.study.plan import Plan
 from pisweep.study.spec import Study
-
-NIGHTS_TASK, NIGHTS_VERSION = "nights_2afc", "nights-1"  # eval_job's NIGHTS 2AFC pseudo-task (not in the suite)
 
 
 def build_report(ledger: Ledger, study: Study, plan: Plan, suite_version: str, opts: Options,
@@ -28,7 +23,7 @@ def build_report(ledger: Ledger, study: Study, plan: Plan, suite_version: str, o
     paths = resolve(study, generate=False)
     rep["coverage"] = coverage(data, rep, paths.eval_root, dict(study.eval.folders))
     rep["cost"] = cost(data, now)
-    rep["curves"] = curves(data, rep)
+    rep["curves"] = curves(rep)
     rep["emergence_by_scale"] = emergence_by_scale(rep)
     rep["answer"] = answer.sentences(rep)
     rep["world"] = synthetic_world(study)
@@ -52,28 +47,20 @@ def synthetic_world(study: Study) -> dict[str, str] | None:
     return {"judgments": synth.judgments, "text": f"synthetic data, {WORLDS[synth.judgments]}."}
 
 
-def curves(data: StudyData, rep: dict[str, Any]) -> list[dict[str, Any]]:
+def curves(rep: dict[str, Any]) -> list[dict[str, Any]]:
     """Arm means over seeds per epoch, and each arm's delta against random (every task in full mode, else the
-    main one), plus NIGHTS 2AFC when recorded: the walking skeleton's table, kept for scripts."""
+    main one), plus each NIGHTS 2AFC set when recorded (from epoch 0): the walking skeleton's table, kept for
+    scripts."""
     out = []
     for gr in rep["groups"]:
         series = gr.get("series") or ({rep["main_task"]: gr["main"]} if gr.get("main") else {})
         for task, s in series.items():
             rows = [(r["epoch"], {a: (v["mean"], v["n"]) for a, v in r["arms"].items()}) for r in s["rows"]]
             out.append(_curve(task, s["metric"], gr, rows))
-    m = main_values(data, NIGHTS_TASK, suite_version=NIGHTS_VERSION)
-    if np.isfinite(m).any():
-        for g, gr in zip(data.groups, rep["groups"]):
-            rows = []
-            for e in range(m.shape[1]):
-                per = {}
-                for arm in data.arms:
-                    vals = [m[r.index, e] for r in data.runs_of(g, arm) if math.isfinite(m[r.index, e])]
-                    per[arm] = (float(np.mean(vals)) if vals else None, len(vals))
-                if any(n for _, n in per.values()):
-                    rows.append((e, per))
-            if rows:
-                out.append(_curve(NIGHTS_TASK, "nights_val_2afc", gr, rows))
+    for gr in rep["groups"]:
+        for metric, s in (gr.get("nights") or {}).items():
+            rows = [(r["epoch"], {a: (v["mean"], v["n"]) for a, v in r["arms"].items()}) for r in s["rows"]]
+            out.append(_curve(s["task"], metric, gr, rows))
     return out
 
 

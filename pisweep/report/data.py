@@ -120,6 +120,18 @@ def main_values(data: StudyData, task: str, epochs: Iterable[int] | None = None,
     return out
 
 
+def task_metric_values(data: StudyData, task: str, suite_version: str) -> dict[str, np.ndarray]:
+    """Per metric of ``task``, a (runs, max epoch + 1) matrix of its value per run and epoch; NaN where there is none
+    (a pseudo-task with a few metrics: NIGHTS 2AFC). Cached."""
+    key = ("task metrics", task, suite_version)
+    if key not in data.cache:
+        by_metric: dict[str, list[tuple[str, int, float | None]]] = {}
+        for uid, epoch, metric, value in results.task_metric_rows(data.ledger, task, suite_version):
+            by_metric.setdefault(metric, []).append((uid, epoch, value))
+        data.cache[key] = {metric: _matrix(data, rows) for metric, rows in by_metric.items()}
+    return data.cache[key]
+
+
 def metric_values(data: StudyData, task: str, metrics: Sequence[str], epoch: int) -> dict[str, np.ndarray]:
     """Per metric, a (runs,) vector of its value at ``epoch`` for every run; NaN where there is none.
 

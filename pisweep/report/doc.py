@@ -7,6 +7,7 @@ from typing import Any
 
 from pisweep.eval import registry
 from pisweep.report.doc_last import last_blocks
+from pisweep.report.doc_nights import nights_blocks
 from pisweep.report.docmodel import (
     BAD,
     DIM,
@@ -122,7 +123,7 @@ def group_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list
             out += last_blocks(rep, gr, c, last)
     if gr.get("last_epoch") is None:
         out.append(Block("p", "no epoch evaluated for every run yet: no last-epoch table.", WARN))
-    return out
+    return out + nights_blocks(rep, gr, figures)
 
 
 def emergence_text(c: str, e: dict[str, Any]) -> str:

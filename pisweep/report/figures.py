@@ -1,5 +1,6 @@
 """The report's plots as PNG bytes (matplotlib, headless): small multiples per benchmark with interval bands,
-the delta heatmap (benchmark x epoch), the emergence epoch against data scale, and the main benchmark's curves."""
+the delta heatmap (benchmark x epoch), the emergence epoch against data scale, the main benchmark's curves, and
+NIGHTS 2AFC per arm through stage 2."""
 from __future__ import annotations
 
 import io
@@ -78,6 +79,32 @@ def curves(group: dict[str, Any], tasks: list[str] | None = None, cols: int = 4)
                    noise_note([d for s in series for r in s["rows"] for d in r["deltas"].values()]), 3.3 * cols, 9)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()  # it leaves room for the suptitle itself
+    return _png(fig)
+
+
+def nights(group: dict[str, Any]) -> bytes:
+    """NIGHTS 2AFC through stage 2: one panel per set (val, both test subsets, their total), each arm's mean per
+    epoch from epoch 0 (the starting weights) with its interval band, and the 0.5 of chance."""
+    plt = _plt()
+    series = [s for s in group["nights"].values() if s["rows"]]
+    fig, axes = plt.subplots(1, max(1, len(series)), figsize=(3.0 * max(1, len(series)), 2.7), squeeze=False)
+    for ax, s in zip(axes.flat, series):
+        ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        for arm in group["arms"]:
+            _band(ax, s, arm)
+        ax.set_title(s["name"], fontsize=8)
+        ax.set_xlabel("epoch (0: start)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        _integer_axis(ax.xaxis)
+        ax.grid(alpha=0.3)
+    if series:
+        axes.flat[0].set_ylabel("2AFC", fontsize=7)
+        axes.flat[0].legend(fontsize=6)
+    title = _title(f"scale {group['scale']}, {group['epochs']} epochs: NIGHTS 2AFC per arm (band: interval; "
+                   f"dotted: chance)", noise_note([d for s in series for r in s["rows"] for d in r["deltas"].values()]),
+                   3.0 * max(1, len(series)), 9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return _png(fig)
 
 

@@ -43,6 +43,8 @@ def _figures(rep: dict[str, Any]) -> dict[str, list[tuple[str, bytes]]]:
             out[f"curves:{g['key']}"] = [(f"small multiples {g['key']}", figures.curves(g))]
             out[f"heatmap:{g['key']}"] = [(f"delta heatmap {g['key']} {c}", figures.heatmap(g, c))
                                           for c in rep["comparisons"]]
+        if g.get("nights"):
+            out[f"nights:{g['key']}"] = [(f"NIGHTS 2AFC {g['key']}", figures.nights(g))]
     points = [p for p in rep.get("emergence_by_scale", [])]
     if points:
         out["emergence"] = [("emergence epoch against data scale", figures.emergence_vs_scale(points))]

@@ -153,7 +153,9 @@ def _paired(d: np.ndarray, cov: np.ndarray | None) -> tuple[np.ndarray, int, np.
     cd = cov[:, :S, :, :S] - cov[:, :S, :, S:] - cov[:, S:, :, :S] + cov[:, S:, :, S:]  # per-seed deltas' covariance
     if S == 1:
         return v_seed, 0, cd[:, 0, :, 0, :]
-    return v_seed, S - 1, _off_diagonal_mean(cd)
+    off = _off_diagonal_mean(cd)
+    own = np.einsum("ksesf->kef", cd) / S - off  # one seed's test-set noise that the others do not share
+    return _at_least(v_seed, own / S), S - 1, off
 
 
 def _unpaired(a: np.ndarray, b: np.ndarray, cov: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray]:
@@ -171,13 +173,28 @@ def _unpaired(a: np.ndarray, b: np.ndarray, cov: np.ndarray | None) -> tuple[np.
         return v_seed, df, np.zeros((K, E, E))
     c = cov.copy()
     if df > 0:  # the seed part already holds each run's own test-set noise: keep only what runs of an arm share
+        floor = np.zeros_like(v_seed)
         for lo, n in ((0, n_a), (n_a, n_b)):
             if n > 1:
-                off = _off_diagonal_mean(c[:, lo:lo + n, :, lo:lo + n])
+                block = c[:, lo:lo + n, :, lo:lo + n]
+                off = _off_diagonal_mean(block)
+                floor += (np.einsum("ksesf->kef", block) / n - off) / n
                 for i in range(lo, lo + n):
                     c[:, i, :, i, :] = off
+        v_seed = _at_least(v_seed, floor)
     w = np.concatenate([np.full(n_a, 1.0 / n_a), np.full(n_b, -1.0 / n_b)])
     return v_seed, df, np.einsum("i,kiejf,j->kef", w, c, w)
+
+
+def _at_least(v_seed: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """The seed part, where it is zero (tied per-seed deltas), replaced on its diagonal by the runs' own test-set
+    noise (K, E, E), which it holds in expectation. Student's t allows for a seed spread that is small by chance,
+    but not for the atom at exactly zero that a small, discrete test set gives (18 NIGHTS triplets: one draw in
+    nine ties at two seeds), where the interval had zero width and p = 0. Adding a non-negative diagonal keeps the
+    matrix a covariance; a spread that is not tied is left as it is (the calibration is unchanged)."""
+    v_diag, own_diag = np.diagonal(v_seed, axis1=1, axis2=2), np.diagonal(own, axis1=1, axis2=2)
+    gap = np.where(v_diag <= 1e-9 * own_diag, np.clip(own_diag - v_diag, 0.0, None), 0.0)
+    return v_seed + gap[:, :, None] * np.eye(v_seed.shape[1])[None]
 
 
 def _off_diagonal_mean(block: np.ndarray) -> np.ndarray:
@@ -211,6 +228,9 @@ def _arm(x: np.ndarray, cov: np.ndarray | None, sl: slice, level: float) -> tupl
     else:
         block = cov[:, sl, sl]
         v_ex = block[:, 0, 0] if S == 1 else _off_diagonal_mean(block[:, :, None, :, None])[:, 0, 0]
+        if S > 1:  # tied seeds: as _at_least
+            own = np.clip(np.einsum("kss->k", block) / S - v_ex, 0.0, None) / S
+            v_seed = np.where(v_seed <= 1e-9 * own, own, v_seed)
     se, df = _combine(v_seed, S - 1, np.maximum(v_ex, 0.0))
     if cov is None and S == 1:
         nan = [math.nan] * K

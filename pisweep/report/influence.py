@@ -1,8 +1,8 @@
 """How much each run's metric moves when the test set is redrawn: its example-level covariance. Pure numpy.
 
 Every metric of the report is, to first order, a sum over *units* of the test set of per-unit contributions
-(its influence values): an example for acc1, acc5 and mean per-class recall, an image with all of its captions
-for retrieval (the captions of one image are not independent queries, and both directions share the image).
+(its influence values): an example for acc1, acc5 and mean per-class recall, a triplet for NIGHTS 2AFC, an image
+with all of its captions for retrieval (the captions of one image are not independent queries, and both directions share the image).
 Units are redrawn within *strata*: the classes for mean per-class recall (the benchmarks fix each class's count),
 one stratum otherwise. For two runs scored on the same units, the covariance of their metrics over redraws of the
 test set is then
@@ -48,6 +48,8 @@ def contribution(arrays: PerExample, metric: str) -> Contribution:
     """The contributions of one run's units to ``metric``."""
     if metric in ("acc1", "acc5", "mean_per_class_recall"):
         return _classification(arrays, metric)
+    if metric.startswith("nights_") and metric.endswith("_2afc"):
+        return _nights(arrays, metric[len("nights_"):-len("_2afc")])
     if metric == "mean_recall@1":
         img, txt = _text_to_image(arrays, 1), _image_to_text(arrays, 1)
         return Contribution((img.value + txt.value) / 2, (img.psi + txt.psi) / 2, img.strata, img.key)
@@ -104,6 +106,20 @@ def _classification(arrays: PerExample, metric: str) -> Contribution:
         raise MetricUndefined("acc5 is not defined for a task with fewer than 5 classes")
     hits = np.asarray(arrays["top1" if metric == "acc1" else "top5"]).astype(np.float64)
     return Contribution(float(hits.mean()), hits / n, np.zeros(n, np.int64), target)
+
+
+def _nights(arrays: PerExample, subset: str) -> Contribution:
+    """NIGHTS 2AFC of one subset (a triplet per unit); ``total``: both test subsets' triplets together (DreamSim's
+    size-weighted total)."""
+    parts = ("test_imagenet", "test_no_imagenet") if subset == "total" else (subset,)
+    if any(f"{p}_outcome" not in arrays for p in parts):
+        raise MetricUndefined(f"no per-triplet outcomes of NIGHTS {subset} (stored: {sorted(arrays)})")
+    outcome = np.concatenate([np.asarray(arrays[f"{p}_outcome"], dtype=np.float64) for p in parts])
+    ids = np.concatenate([np.asarray(arrays[f"{p}_id"]) for p in parts])
+    if len(outcome) == 0:
+        raise MetricUndefined(f"no NIGHTS {subset} triplets")
+    n = len(outcome)
+    return Contribution(float(outcome.mean()), outcome / n, np.zeros(n, np.int64), ids)
 
 
 def _column(arrays: PerExample, name: str, k: int) -> np.ndarray:

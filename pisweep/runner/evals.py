@@ -10,7 +10,10 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from pisweep.atomic import sha256_file
+from pisweep.eval import registry
 from pisweep.job.context import JobContext, Preempted
 from pisweep.job.paths import JobPaths
 from pisweep.study.spec import Study
@@ -27,6 +30,8 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
                           overrides=dict(study.eval.folders), batch_size=study.eval.batch_size,
                           cache_dir=Path(cache_dir) if cache_dir else None, device=device)
     recorded = _recorded_weights(ctx.folder)
+    if nights and JobPaths(ctx.folder).weights(0).is_file():  # the weights the run started from: NIGHTS only
+        _nights_2afc(ctx, study, evaluator, 0, Path(nights), recorded)
     for epoch in sorted(epochs):
         out = JobPaths(ctx.folder).evals(epoch)
         todo = []
@@ -38,7 +43,7 @@ def run_evals(ctx: JobContext, study: Study, *, epochs: list[int], tasks: list[s
             else:
                 todo.append(task)
         if nights:
-            _nights_2afc(ctx, study, evaluator, epoch, Path(nights), out)
+            _nights_2afc(ctx, study, evaluator, epoch, Path(nights), recorded)
         if not todo:
             continue
         if ctx.should_stop():
@@ -104,27 +109,41 @@ def _finite(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in (metrics or {}).items()}
 
 
-def _nights_2afc(ctx: JobContext, study: Study, evaluator, epoch: int, nights: Path, out: Path) -> None:
-    """Human alignment of a stage-2 checkpoint: NIGHTS 2AFC on val and both test subsets."""
-    path = out / "nights_2afc.json"
-    prev = _previous(path, NIGHTS_VERSION)
-    if prev is None:
-        evaluator.load_weights(JobPaths(ctx.folder).weights(epoch))
-        scores = nights_2afc(evaluator.model, nights, study.stage1.min_votes, evaluator.device,
-                             study.eval.batch_size)
+def _nights_2afc(ctx: JobContext, study: Study, evaluator, epoch: int, nights: Path, recorded: dict[int, str]) -> None:
+    """Human alignment of a stage-2 checkpoint: NIGHTS 2AFC on val, both test subsets and their total, with each
+    triplet's outcome beside it (the report's intervals), reported from its files when this version has them."""
+    paths = JobPaths(ctx.folder)
+    stem = registry.NIGHTS_2AFC.file_stem
+    path, npz = paths.eval_result(epoch, stem), paths.per_example(epoch, stem)
+    prev = _previous(path, registry.NIGHTS_VERSION)
+    if prev is None or not npz.is_file():
+        weights = paths.weights(epoch)
+        changed = _weights_changed(weights, epoch, recorded.get(epoch))
+        if changed:
+            ctx.emit("eval_state", epoch=epoch, task=stem, suite_version=registry.NIGHTS_VERSION, state="failed",
+                     reason=changed)
+            return
+        evaluator.load_weights(weights)
+        outcomes, ids = nights_outcomes(evaluator.model, nights, study.stage1.min_votes, evaluator.device,
+                                        study.eval.batch_size)
         from pisweep.atomic import atomic_write_json
+        from pisweep.data.nights import scores_by_subset
+        from pisweep.eval.evaluator import write_npz
 
-        atomic_write_json(path, {"metrics": scores, "pisweep": {"suite_version": NIGHTS_VERSION,
-                                                                 "main_metric": "nights_val_2afc"}})
-        prev = {"state": "done", "path": str(path), "metrics": scores, "main_metric": "nights_val_2afc"}
-    ctx.emit("eval_state", epoch=epoch, task="nights_2afc", suite_version=NIGHTS_VERSION, **prev)
+        scores = scores_by_subset(outcomes)
+        arrays = {f"{k}_outcome": v for k, v in outcomes.items()} | {f"{k}_id": v for k, v in ids.items()}
+        write_npz(npz, {**arrays, "suite_version": np.array(registry.NIGHTS_VERSION)})
+        atomic_write_json(path, {"metrics": scores, "pisweep": {"suite_version": registry.NIGHTS_VERSION,
+                                                                 "main_metric": registry.NIGHTS_2AFC.main_metric,
+                                                                 "per_example": npz.name, "folder": str(nights)}})
+        prev = {"state": "done", "path": str(path), "metrics": scores, "main_metric": registry.NIGHTS_2AFC.main_metric}
+    ctx.emit("eval_state", epoch=epoch, task=stem, suite_version=registry.NIGHTS_VERSION, **prev)
 
 
-NIGHTS_VERSION = "nights-1"
-
-
-def nights_2afc(model, root: Path, min_votes: int, device: str, batch_size: int = 64) -> dict[str, float]:
-    """DreamSim's 2AFC score of ``model``'s image embeddings on NIGHTS val and the two test subsets."""
+def nights_outcomes(model, root: Path, min_votes: int, device: str,
+                    batch_size: int = 64) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each NIGHTS triplet's 2AFC outcome under ``model``'s image embeddings, and its csv id, per eval subset (val,
+    test_imagenet, test_no_imagenet; an empty subset is left out)."""
     import torch
 
     from pisweep.data import nights
@@ -132,7 +151,8 @@ def nights_2afc(model, root: Path, min_votes: int, device: str, batch_size: int 
     from pisweep.train.stage1 import triplet_distances
 
     transform = nights_transform(model_image_size(model), *model_mean_std(model))
-    scores: dict[str, float] = {}
+    outcomes: dict[str, np.ndarray] = {}
+    ids: dict[str, np.ndarray] = {}
     model.eval()
     for name, triplets in nights.subsets(root, min_votes).items():
         if not triplets:
@@ -144,6 +164,6 @@ def nights_2afc(model, root: Path, min_votes: int, device: str, batch_size: int 
                 d0, d1 = triplet_distances(model, ref.to(device), left.to(device), right.to(device))
                 d0s.append(d0.cpu())
                 d1s.append(d1.cpu())
-        scores[f"nights_{name}_2afc"] = float(nights.score_2afc(torch.cat(d0s).numpy(), torch.cat(d1s).numpy(),
-                                                                 ds.targets))
-    return scores
+        outcomes[name] = nights.outcomes_2afc(torch.cat(d0s).numpy(), torch.cat(d1s).numpy(), ds.targets)
+        ids[name] = np.array([t.id for t in triplets])
+    return outcomes, ids

@@ -142,7 +142,7 @@ def dispatch(job: JobFile, ctx: JobContext, device: str | None = None) -> None:
 
         run_stage2(ctx, study, init=p["init"], init_weights=Path(p["init_weights"]) if p.get("init_weights") else None,
                    shards=p["shards"], samples=p["samples"], epochs=p["epochs"], seed=p["seed"],
-                   eval_epochs=p["eval_epochs"], device=device)
+                   eval_epochs=p["eval_epochs"], device=device, start_weights=bool(p.get("start_weights")))
     elif job.kind == "eval":
         from pisweep.runner.evals import run_evals
 

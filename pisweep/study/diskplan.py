@@ -68,7 +68,8 @@ def disk_needed(study: Study, plan: Plan, done: Iterable[str] = ()) -> DiskNeed 
         return None
     done = set(done)
     keep_all = study.stage2.keep_weights == "all"
-    files = sum(r.epochs if keep_all else len(r.eval_epochs) for r in plan.runs if r.uid not in done)
+    start = 1 if study.data.synthetic is not None or study.data.nights is not None else 0  # epoch 0, for NIGHTS
+    files = sum((r.epochs if keep_all else len(r.eval_epochs)) + start for r in plan.runs if r.uid not in done)
     files += sum(1 for i in plan.inits if i.uid not in done)
     parallel = study.executor.max_parallel if study.executor.name == "local" else len(plan.runs) + len(plan.inits)
     resume = min(parallel, len(plan.runs) + len(plan.inits)) * params * 12

@@ -115,7 +115,6 @@ class _Stage1:
         self.val_select_targets = (nights.TripletDataset(evals["val"], transform,
                                                          vote_shuffle_seed(self.seed, "val")).targets
                                    if shuffled else self.eval_ds["val"].targets)
-        self.score_2afc = nights.score_2afc
         self.batch = min(self.s1.global_batch_size, len(self.train_ds))
         self.per_epoch = math.ceil(len(self.train_ds) / self.batch)
         self.total_steps = self.per_epoch * self.s1.epochs
@@ -225,8 +224,11 @@ class _Stage1:
 
     def evaluate(self) -> dict[str, float]:
         """Val loss (selection targets) and the 2AFC score of each eval subset (real votes)."""
+        from pisweep.data import nights
+
         d0, d1 = self._distances()
         metrics: dict[str, float] = {}
+        outcomes = {}
         lo = 0
         for name in EVAL_SETS:
             ds = self.eval_ds[name]
@@ -237,7 +239,8 @@ class _Stage1:
                 metrics["val_loss"] = float(hinge_loss(torch.from_numpy(a), torch.from_numpy(b), t,
                                                        self.s1.margin))
             if len(ds):
-                metrics[f"nights_{name}_2afc"] = self.score_2afc(a, b, ds.targets)
+                outcomes[name] = nights.outcomes_2afc(a, b, ds.targets)
+        metrics.update(nights.scores_by_subset(outcomes))
         return metrics
 
     def _end_epoch(self) -> None:

@@ -8,8 +8,9 @@ the resume state holds the rest (model, optimizer, step, RNG), so a preempted ru
 With several ranks (DDP, started by the node launcher, runner/launch.py) each rank takes its slice of every global batch, so the order
 does not depend on the rank count either; rank 0 alone writes files and events, a stop is agreed at a step
 boundary by a collective, and the ranks check once per epoch that their parameters are still identical.
-Retention (stage2.keep_weights / keep_resume): weights files of the evaluated epochs only, by default, and the
-resume state shrinks to a small completion marker when the run ends.
+Retention (stage2.keep_weights / keep_resume): weights files of the evaluated epochs only, by default (and epoch 0,
+the weights the run starts from, when the job asks for it: NIGHTS 2AFC is evaluated there), and the resume state
+shrinks to a small completion marker when the run ends.
 """
 from __future__ import annotations
 
@@ -94,14 +95,17 @@ def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: Clip
 
 
 def run_stage2(ctx: JobContext, study: Study, *, init: str, init_weights: Path | None, shards: str,
-               samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str = "cpu") -> None:
-    """Train one stage-2 run in ``ctx.folder``, resuming from ``resume/state.pt`` when present."""
-    _Stage2(ctx, study, init, init_weights, shards, samples, epochs, seed, eval_epochs, device).run()
+               samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str = "cpu",
+               start_weights: bool = False) -> None:
+    """Train one stage-2 run in ``ctx.folder``, resuming from ``resume/state.pt`` when present. ``start_weights``:
+    also save the weights the run starts from as epoch 0 (NIGHTS 2AFC is evaluated there)."""
+    _Stage2(ctx, study, init, init_weights, shards, samples, epochs, seed, eval_epochs, device, start_weights).run()
 
 
 class _Stage2:
     def __init__(self, ctx: JobContext, study: Study, init: str, init_weights: Path | None, shards: str,
-                 samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str):
+                 samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str,
+                 start_weights: bool = False):
         self.ctx, self.study, self.s2 = ctx, study, study.stage2
         self.init, self.seed, self.epochs = init, seed, epochs
         self.dev = setup_device(device)
@@ -129,6 +133,8 @@ class _Stage2:
         self.loss_sum, self.loss_n = 0.0, 0  # running mean of this epoch's train loss
         self.weights_epochs = set(range(1, epochs + 1)) if self.s2.keep_weights == "all" \
             else set(eval_epochs) | {epochs}  # the epochs the plan evaluates, and the last
+        if start_weights:
+            self.weights_epochs.add(0)
         self.unreported: dict[str, Any] | None = None  # this epoch's epoch_done, until it is written (epoch_report)
         state = load_resume(self.resume_path, self.fingerprint)
         if state is not None:
@@ -174,6 +180,16 @@ class _Stage2:
         if not bool(flags.all()):
             raise TrainingError(f"non-finite weights at step {self.step} (epoch {self.epoch}); "
                                 "the last good checkpoint is kept")
+
+    def _save_weights(self, epoch: int) -> None:
+        """The weights file of ``epoch`` (0: the weights the run starts from), on rank 0."""
+        if self.ctx.rank != 0:
+            return
+        self._check_weights()
+        path = self.paths.weights(epoch)
+        sha, nbytes = save_weights(path, epoch, self.model)
+        self.ctx.emit("checkpoint", epoch=epoch, kind="weights", path=str(path), sha256=sha, bytes=nbytes,
+                      step=self.step)
 
     def _save_resume(self) -> None:
         if self.ctx.rank != 0:
@@ -262,6 +278,8 @@ class _Stage2:
                   "model": self.study.model.name, "stage2": self.study.stage2.model_dump(mode="json")}
         if self.epoch > self.epochs:
             return  # finished in an earlier attempt
+        if self.step == 0 and 0 in self.weights_epochs:
+            self._save_weights(0)
         self.last_scale = float(unwrap(self.model).logit_scale.detach().exp())
         self.sampler.set_epoch(self.epoch, self.batch)
         batches = iter(self.loader)  # fork the loader workers before wandb starts its threads
@@ -323,12 +341,8 @@ class _Stage2:
                    "lr": cosine_lr(max(self.step - 1, 0), self.total_steps, self.s2.optim),
                    "logit_scale": self.last_scale, "samples_per_s": rate}
         self._check_sync()
-        if self.ctx.rank == 0 and e in self.weights_epochs:
-            self._check_weights()
-            path = self.paths.weights(e)
-            sha, nbytes = save_weights(path, e, self.model)
-            self.ctx.emit("checkpoint", epoch=e, kind="weights", path=str(path), sha256=sha, bytes=nbytes,
-                          step=self.step)
+        if e in self.weights_epochs:
+            self._save_weights(e)
         self.unreported = {"epoch": e, "step": self.step, "metrics": metrics}
         self.epoch, self.batch, self.loss_sum, self.loss_n = e + 1, 0, 0.0, 0
         self.ctx.epoch = e
