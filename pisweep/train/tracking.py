@@ -22,10 +22,15 @@ class Tracker:
             return cls(None)
         import wandb  # optional, costs ~0.35 s: only when asked for
 
-        run = wandb.init(project=project, id=uid, name=uid, resume="allow", dir=str(folder), mode=mode,
-                         config=config, save_code=False, reinit="create_new",
-                         settings=wandb.Settings(console="off", disable_git=True, disable_code=True,
-                                                 silent=True))
+        try:
+            run = wandb.init(project=project, id=uid, name=uid, resume="allow", dir=str(folder), mode=mode,
+                             config=config, save_code=False, reinit="create_new",
+                             settings=wandb.Settings(console="off", disable_git=True, disable_code=True,
+                                                     silent=True))
+        except Exception as exc:  # noqa: BLE001 - e.g. a scancel or preemption that kills wandb-core as it starts
+            tracker = cls(None)
+            tracker._give_up(exc)  # the job then stops (or trains) as it would without wandb, not as failed
+            return tracker
         return cls(run)
 
     @property

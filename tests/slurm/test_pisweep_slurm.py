@@ -194,7 +194,10 @@ def test_preempted_train_job_requeues_and_resumes(slurm_cluster, tmp_path, synth
     row, _ = job_row(path, "random-tiny-e3-s0")
     job_id = slurm_cluster.track(row.scheduler_id)
     events = Path(row.folder) / "events"
-    slurm_cluster.wait_until(lambda: list(events.glob("*-checkpoint.json")), 240, "the first checkpoint")
+    # (not the starting weights, epoch 0, written before the first step: a checkpoint after some training)
+    trained = lambda: [p for p in events.glob("*-checkpoint.json")  # noqa: E731
+                       if json.loads(p.read_text())["data"].get("step", 0) > 0]
+    slurm_cluster.wait_until(trained, 240, "the first checkpoint")
     # A real signal through the job's srun step, as SLURM sends before a preemption.
     slurm_cluster.client("scancel", "--signal=USR2", job_id)
     slurm_cluster.wait_until(lambda: list(events.glob("*-attempt_ended.json")), 120, "the job to save and stop")
@@ -282,6 +285,8 @@ def test_job_cancelled_outside_pisweep_shows_vanished_and_resume_resubmits(slurm
     assert row0.scheduler_id.split("_")[0] == row1.scheduler_id.split("_")[0] and "_" in row0.scheduler_id
     slurm_cluster.track(row0.scheduler_id.split("_")[0])
     events = Path(row0.folder) / "events"
+    # The first checkpoint is the starting weights (epoch 0), written as wandb starts: a scancel then killed
+    # wandb-core mid-start, and the job ended as failed (a ServicePollForTokenError) instead of vanishing.
     slurm_cluster.wait_until(lambda: list(events.glob("*-checkpoint.json")), 240, "the first checkpoint")
     slurm_cluster.client("scancel", row0.scheduler_id)  # outside pisweep
 
