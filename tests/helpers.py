@@ -35,13 +35,14 @@ def make_shards(folder: Path, sizes: list[int]) -> str:
     return f"{folder}/{{00000..{len(sizes) - 1:05d}}}.tar"
 
 
-def study(pattern: str, workers: int = 0, every: int | None = None, **optim) -> Study:
+def study(pattern: str, workers: int = 0, every: int | None = None, accumulation: int = 1, **optim) -> Study:
     root = Path(pattern).parent.parent / "out"
     return Study(name="t", output_root=str(root),
                  data=DataSpec(train={"s": ScaleData(shards=pattern, samples=40)}),
                  model=ModelSpec(name=NAME, config=TINY_CONFIG),
                  stage2=Stage2Spec(global_batch_size=8, workers=workers, log_every_steps=2,
-                                   checkpoint_every_steps=every, optim=OptimSpec(**{"warmup_steps": 2, **optim})),
+                                   checkpoint_every_steps=every, accumulation_steps=accumulation,
+                                   optim=OptimSpec(**{"warmup_steps": 2, **optim})),
                  grid=GridSpec(scale=["s"]), wandb=WandbSpec(mode="disabled"))
 
 

@@ -161,3 +161,16 @@ def test_loader_workers_do_not_block_a_resubmit_but_a_learning_rate_does(tmp_pat
             record_study(led, study.model_dump(mode="json"), None, make_plan(study, 1), layout)
     finally:
         led.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_gradient_accumulation_at_1_is_the_old_run_and_at_2_a_new_one(tmp_path, version):
+    """stage2.accumulation_steps came after v1: at its default (one pass per step, the old behaviour) neither
+    version's uids move; set to 2 every run is a new one under both (no collision with the runs of 1)."""
+    plain = make_plan(real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar"), version)
+    one = make_plan(real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", accumulation_steps=1), version)
+    two = make_plan(real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", accumulation_steps=2), version)
+    assert uids(one) == uids(plain)
+    assert {r.uid for r in two.runs}.isdisjoint({r.uid for r in plain.runs})
+    assert two.inits == plain.inits  # stage 1 does not accumulate
+    assert all(r.identity["stage2"]["accumulation_steps"] == 2 for r in two.runs)

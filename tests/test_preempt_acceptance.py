@@ -1,7 +1,7 @@
 """Acceptance test of preemption (issue 3): real signals, real launcher, 2 gloo ranks, a loader worker per rank.
 
-A stage-2 run (CPU fp32, tiny model, real shards on disk) is stopped three times, at steps drawn from a fixed
-seed, by signals sent to the launcher's process group (once also to every process of the job, workers included,
+A stage-2 run (CPU fp32, tiny model, real shards on disk, gradients accumulated over 2 micro-batches) is stopped
+three times, at steps drawn from a fixed seed, by signals sent to the launcher's process group (once also to every process of the job, workers included,
 as SLURM does); each attempt saves and ends as preempted, the next one resumes. The final weights must be
 bitwise identical to those of an uninterrupted run with the same seed, world size and threads, and the ledger
 must show the four attempts with the step each reached.
@@ -49,8 +49,9 @@ def write_study(tmp: Path, pattern: str) -> Path:
         "executor": {"name": "local", "train": {"gpus_per_node": 2}},
         "data": {"train": {"s": {"shards": pattern, "samples": sum(SHARDS)}}},
         "model": {"name": "pisweep-tiny", "config": TINY_CONFIG},
-        "stage2": {"global_batch_size": BATCH, "workers": 1, "precision": "fp32", "log_every_steps": 5,
-                   "optim": {"lr": 1e-3, "warmup_steps": 3}},
+        # 2 micro-batches per optimizer step (the ranks' gradients reduced once per step, after the second)
+        "stage2": {"global_batch_size": BATCH, "accumulation_steps": 2, "workers": 1, "precision": "fp32",
+                   "log_every_steps": 5, "optim": {"lr": 1e-3, "warmup_steps": 3}},
         "eval": {"tasks": ["imagenet1k"]},
         "grid": {"init": ["random"], "scale": ["s"], "epochs": [EPOCHS], "seed": [0]},
         "wandb": {"mode": "disabled"},

@@ -111,4 +111,13 @@ def test_a_global_batch_the_ranks_cannot_split_is_refused_before_anything_is_que
     (tmp_path / "p.yaml").write_text("partition: debug\n")
     found = preflight(load_study(path), resolve(load_study(path))).problems
     assert found == ["stage2.global_batch_size: 8 does not split over the 3 ranks of a train job (executor.train: "
-                     "nodes 3 x gpus_per_node 1): it must be per-rank batch x ranks x accumulation steps (1)"]
+                     "nodes 3 x gpus_per_node 1) x stage2.accumulation_steps 1: it must be per-rank batch x ranks "
+                     "x accumulation steps"]
+    # 8 = 4 ranks x 2 passes splits; 3 passes do not
+    for accumulation, ok in ((2, True), (3, False)):
+        path.write_text(text.replace("global_batch_size: 8", f"global_batch_size: 8, accumulation_steps: "
+                                                             f"{accumulation}")
+                        + "executor: {train: {nodes: 1, gpus_per_node: 4}}\n")
+        found = preflight(load_study(path), resolve(load_study(path))).problems
+        assert (found == []) == ok, (accumulation, found)
+        assert ok or "stage2.accumulation_steps 3" in found[0]

@@ -43,22 +43,23 @@ def weights(folder: Path, epoch: int) -> dict[str, torch.Tensor]:
     return torch.load(folder / "checkpoints" / f"epoch_{epoch}.pt", weights_only=True)["state_dict"]
 
 
-def test_preempted_and_resumed_run_is_bitwise_identical(tmp_path, one_thread):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_preempted_and_resumed_run_is_bitwise_identical(tmp_path, one_thread, accumulation):
     pattern = make_shards(tmp_path / "shards", [16, 16, 16])  # 40 samples, batch 8: 5 steps per epoch
     ref = JobContext(uid="ref", folder=tmp_path / "ref")
-    train(ref, study(pattern, every=3), pattern)
+    train(ref, study(pattern, every=3, accumulation=accumulation), pattern)
     assert [e["step"] for e in events(ref.folder, "checkpoint") if e["kind"] == "resume"] == [3, 5, 6, 9, 10]
 
     folder = tmp_path / "cut"
     for stop_at in (3, 7):  # mid epoch 1, then mid epoch 2, each time in a fresh call, with a loader worker
         ctx = StopAfter(uid="cut", folder=folder, stop_at=stop_at)
         with pytest.raises(Preempted) as info:
-            train(ctx, study(pattern, workers=1), pattern)
+            train(ctx, study(pattern, workers=1, accumulation=accumulation), pattern)
         assert info.value.step == stop_at and info.value.signal_name == "SIGUSR2"
         last = [e for e in events(folder, "checkpoint") if e["kind"] == "resume"][-1]
         assert last["step"] == stop_at and last["sha256"] == sha256_file(folder / "resume" / "state.pt")
     ctx = JobContext(uid="cut", folder=folder)
-    train(ctx, study(pattern), pattern)
+    train(ctx, study(pattern, accumulation=accumulation), pattern)
     assert ctx.step == 10 and ctx.epoch == 2
 
     for epoch in (1, 2):
@@ -69,6 +70,47 @@ def test_preempted_and_resumed_run_is_bitwise_identical(tmp_path, one_thread):
     ref_loss = [e["metrics"]["train_loss"] for e in events(ref.folder, "epoch_done")]
     cut_loss = [e["metrics"]["train_loss"] for e in events(folder, "epoch_done")]
     assert ref_loss == cut_loss  # the epoch mean spans the preemptions
+
+
+def test_a_stop_inside_an_accumulation_window_is_taken_at_its_end_and_resumes_bitwise(tmp_path, one_thread,
+                                                                                       monkeypatch):
+    """The stop request arrives during the second of four micro-batches of step 3 (from a forward hook, as a
+    signal would): the step finishes its window, the resume state holds step 3, and the resumed run ends where an
+    uninterrupted one does, bit for bit."""
+    import pisweep.train.stage2 as stage2
+
+    pattern = make_shards(tmp_path / "shards", [16, 16, 16])
+    s = study(pattern, accumulation=4)  # batch 8: 4 micro-batches of 2
+    ref = JobContext(uid="ref", folder=tmp_path / "ref")
+    train(ref, s, pattern)
+
+    ctx = JobContext(uid="cut", folder=tmp_path / "cut")
+    forwards = []
+    build = stage2.build_model
+
+    def hooked(*args, **kwargs):
+        model, preprocess, tokenizer = build(*args, **kwargs)
+
+        def hook(module, inputs):
+            forwards.append(ctx.step)
+            if len(forwards) == 2 * 4 + 2:  # step 3 (ctx.step still 2), its second micro-batch
+                ctx.request_stop("SIGTERM")
+        model.visual.register_forward_pre_hook(hook)
+        return model, preprocess, tokenizer
+
+    monkeypatch.setattr(stage2, "build_model", hooked)
+    with pytest.raises(Preempted) as info:
+        train(ctx, s, pattern)
+    monkeypatch.setattr(stage2, "build_model", build)
+    assert info.value.step == 3 and forwards == [0] * 4 + [1] * 4 + [2] * 4  # the window ran to its end
+    last = [e for e in events(ctx.folder, "checkpoint") if e["kind"] == "resume"][-1]
+    assert last["step"] == 3
+    again = JobContext(uid="cut", folder=tmp_path / "cut")
+    train(again, s, pattern)
+    for epoch in (1, 2):
+        a, b = weights(ref.folder, epoch), weights(again.folder, epoch)
+        for k in a:
+            assert torch.equal(a[k], b[k]), (epoch, k)
 
 
 def test_finished_run_does_not_train_again(tmp_path):

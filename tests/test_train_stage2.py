@@ -1,6 +1,7 @@
 """Stage 2 (contrastive pretraining): data manifest and order, arms, weights files, optimizer and schedule."""
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -131,6 +132,61 @@ def test_sampler_splits_global_batches_across_ranks():
     resumed = EpochBatchSampler(counts, seed=0, global_batch=8)
     resumed.set_epoch(2, start_batch=3)
     assert list(resumed) == list(one)[3:]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_accumulation_micro_batches_are_the_same_samples_at_every_rank_count(world):
+    """An optimizer step of 16 samples in 4 micro-batches of 4: micro-batch m is the step's samples 4m..4m+3 at
+    every world size, and each rank's batch is its slice of micro-batch 0, then of 1, ... (the step's chunks)."""
+    counts = [24, 24]
+    whole = EpochBatchSampler(counts, seed=1, global_batch=16)
+    whole.set_epoch(1)
+    ranks = [EpochBatchSampler(counts, seed=1, global_batch=16, rank=r, world_size=world, accumulation=4)
+             for r in range(world)]
+    for r in ranks:
+        r.set_epoch(1)
+    steps = list(zip(whole, *ranks))
+    assert len(steps) == 3
+    for full, *per_rank in steps:
+        for m in range(4):
+            micro = [x for batch in per_rank for x in batch[m * 4 // world:(m + 1) * 4 // world]]
+            assert micro == full[4 * m:4 * m + 4]
+    with pytest.raises(TrainingError, match="accumulation"):
+        EpochBatchSampler(counts, seed=1, global_batch=16, world_size=world, accumulation=3)
+
+
+def test_accumulated_step_averages_the_micro_batches_gradients():
+    """accumulation 2: the gradient is the mean of the two half-batches' ClipLoss gradients (each half its own
+    negatives), not the gradient of one loss over the whole batch; one optimizer step either way."""
+    from open_clip.loss import ClipLoss
+
+    from pisweep.train.stage2 import contrastive_step
+
+    torch.manual_seed(0)
+    model, _, _, tokenizer = create_model(NAME, TINY_CONFIG)
+    images = torch.randn(8, 3, 64, 64)
+    texts = tokenizer([f"a photo of {i} things" for i in range(8)])
+    loss_fn = ClipLoss()
+
+    def grads_after(accumulation: int):
+        m = copy.deepcopy(model)
+        captured = {}
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        opt.step = lambda: captured.update({n: p.grad.clone() for n, p in m.named_parameters()})  # the grads used
+        loss, _ = contrastive_step(m, m, loss_fn, opt, images, texts, torch.device("cpu"), "fp32", None,
+                                   accumulation)
+        return float(loss), captured
+
+    loss2, acc = grads_after(2)
+    loss1, whole = grads_after(1)
+    m = copy.deepcopy(model)
+    halves = [loss_fn(*m(images[i:i + 4], texts[i:i + 4])) for i in (0, 4)]
+    (sum(halves) / 2).backward()
+    assert loss2 == pytest.approx(float(sum(halves).detach()) / 2, rel=1e-6)
+    assert loss2 != pytest.approx(loss1, rel=1e-3)  # fewer negatives per pass: another loss
+    for n, p in m.named_parameters():
+        assert torch.allclose(acc[n], p.grad, rtol=1e-5, atol=1e-7), n
+    assert not torch.allclose(acc["visual.conv1.weight"], whole["visual.conv1.weight"], rtol=1e-3)
 
 
 def _loader_output(table, tokenizer, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -332,6 +388,25 @@ def test_wandb_offline_run_lives_in_the_job_folder(tmp_path):
     run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=8, epochs=1, seed=0, eval_epochs=[1])
     runs = list((ctx.folder / "wandb").glob("offline-run-*-run-wandb"))
     assert len(runs) == 1
+
+
+def test_wandb_that_cannot_start_never_fails_the_training(tmp_path, monkeypatch, caplog):
+    """A job-wide signal (scancel, preemption) kills wandb-core while wandb.init waits for it: the job must then
+    stop as asked or train on, not end as failed (the SLURM cancel test meets the real case)."""
+    import wandb
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ServicePollForTokenError: wandb-core exited with code 128")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    pattern = make_shards(tmp_path / "shards", [8])
+    study = tiny_study(tmp_path, pattern, 8, batch=8).model_copy(update={"wandb": WandbSpec(mode="offline")})
+    ctx = JobContext(uid="run-wandb", folder=tmp_path / "run")
+    with caplog.at_level("WARNING", logger="pisweep.train"):
+        run_stage2(ctx, study, init="random", init_weights=None, shards=pattern, samples=8, epochs=1, seed=0,
+                   eval_epochs=[1])
+    assert [e["epoch"] for e in events(ctx.folder, "epoch_done")] == [1]
+    assert "wandb logging stopped: RuntimeError: ServicePollForTokenError" in caplog.text
 
 
 # ---- tar index -----------------------------------------------------------------------------------------

@@ -50,13 +50,14 @@ def preflight(study: Study, paths: DataPaths) -> Preflight:
     pf = Preflight()
     train = study.executor.train
     ranks = train_ranks(study.executor.name, train)
-    accumulation = 1  # optimizer steps see per-rank batch x ranks x accumulation steps samples
+    accumulation = study.stage2.accumulation_steps  # a step sees per-rank batch x ranks x accumulation samples
     if study.stage2.global_batch_size % (ranks * accumulation):
         pf.problems.append(
             f"stage2.global_batch_size: {study.stage2.global_batch_size} does not split over the {ranks} ranks of a "
             f"train job (executor.train: nodes {train.nodes} x gpus_per_node {train.gpus_per_node}"
             + (", nodes ignored by the local executor" if study.executor.name == "local" else "")
-            + f"): it must be per-rank batch x ranks x accumulation steps ({accumulation})")
+            + f") x stage2.accumulation_steps {accumulation}: it must be per-rank batch x ranks x accumulation "
+              f"steps")
     if "perceptual" in study.grid.init or "shuffled" in study.grid.init:
         if not paths.nights:
             pf.problems.append("data.nights: a perceptual or shuffled init needs NIGHTS, and no path is set")

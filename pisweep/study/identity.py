@@ -38,6 +38,9 @@ NOT_RESULT = {
 }
 #: v2 folds stage1.seed_offset into the init's seed: (seed 0, offset 42) and (seed 42, offset 0) are one init.
 _V2_FOLDED = {"stage1": frozenset({"seed_offset"})}
+#: Fields added after v1, with the value that is v1's behaviour: a v1 identity holds them only when they differ
+#: from it (so v1 uids never move, and a v1 study that sets one gets a new uid, not a collision).
+_AFTER_V1 = {"stage2": {"accumulation_steps": 1}}
 
 #: What changes results without being a field: pinned with the defaults. Change an entry when the implementation
 #: changes what it computes (and bump IDENTITY_VERSION).
@@ -123,7 +126,7 @@ def _section(study: Study, version: int, name: str, full: bool = False) -> dict[
     else:
         dump = _drop(getattr(study, name).model_dump(mode="json"), name, version)
         if version == 1:
-            return dump
+            return {k: v for k, v in dump.items() if k not in _AFTER_V1.get(name, {}) or v != _AFTER_V1[name][k]}
     return dump if full else _non_default(dump, pinned_defaults(version)[name])
 
 

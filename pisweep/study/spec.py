@@ -116,6 +116,10 @@ class Stage2Spec(Strict):
     """Contrastive pretraining (§1.5, the authors' DeCLIP-style preset)."""
 
     global_batch_size: int = Field(8192, ge=1)  # §1.5 is 1024/device; open_clip's YFCC runs used 8 GPUs (§4.1)
+    # Samples per optimizer step = global_batch_size; each step runs ``accumulation_steps`` forward/backward passes
+    # of global_batch_size / accumulation_steps samples over all ranks (the contrastive negatives of one pass) and
+    # averages their gradients, as Lightning's accumulate_grad_batches (the fork's preset: 6).
+    accumulation_steps: int = Field(1, ge=1)
     optim: OptimSpec = OptimSpec(warmup_steps=2500)  # §1.5: warmup 2500 steps
     grad_clip: float | None = Field(3.0, gt=0)  # §1.5: gradient clipping at 3
     augment: bool = True  # §1.5: MoCo-v2/DeCLIP augmentation on by default

@@ -48,19 +48,25 @@ def epoch_order(shard_counts: list[int], seed: int, epoch: int, window: int = WI
 
 
 class EpochBatchSampler:
-    """Yields this rank's batches of ``(epoch, sample id)`` for one epoch, from a start batch on.
+    """Yields this rank's batches of ``(epoch, sample id)`` for one epoch, from a start batch on: one per optimizer
+    step, holding its slice of each of the step's ``accumulation`` micro-batches in turn.
 
     The DataLoader keeps one sampler for its whole life (so persistent workers survive epochs); call
     :meth:`set_epoch` before iterating.
     """
 
-    def __init__(self, shard_counts: list[int], seed: int, global_batch: int, rank: int = 0, world_size: int = 1):
-        if global_batch % world_size:
-            raise TrainingError(f"global batch {global_batch} is not divisible by {world_size} ranks")
+    def __init__(self, shard_counts: list[int], seed: int, global_batch: int, rank: int = 0, world_size: int = 1,
+                 accumulation: int = 1):
+        if global_batch % (world_size * accumulation):
+            raise TrainingError(f"global batch {global_batch} is not divisible by {world_size} ranks x "
+                                f"{accumulation} accumulation steps")
         self.shard_counts = list(shard_counts)
         self.seed = seed
         self.global_batch = global_batch
         self.local_batch = global_batch // world_size
+        self.micro = global_batch // accumulation  # samples of one forward pass, over all ranks
+        self.accumulation = accumulation
+        self.world_size = world_size
         self.rank = rank
         self.epoch = 1
         self.start_batch = 0
@@ -81,9 +87,13 @@ class EpochBatchSampler:
         if self._order is None:
             self.set_epoch(self.epoch, self.start_batch)
         order = self._order
+        per_rank = self.micro // self.world_size
         for b in range(self.start_batch, self.batches_per_epoch):
-            lo = b * self.global_batch + self.rank * self.local_batch
-            yield [(self.epoch, int(i)) for i in order[lo:lo + self.local_batch]]
+            # micro-batch m of optimizer step b is the same samples at every rank count; this rank's batch is its
+            # slice of each micro-batch in turn (the step splits it into ``accumulation`` equal, contiguous parts)
+            rows = [order[b * self.global_batch + m * self.micro + self.rank * per_rank:][:per_rank]
+                    for m in range(self.accumulation)]
+            yield [(self.epoch, int(i)) for i in np.concatenate(rows)]
 
 
 class ShardDataset(torch.utils.data.Dataset):

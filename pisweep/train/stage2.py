@@ -14,6 +14,7 @@ shrinks to a small completion marker when the run ends.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -77,15 +78,25 @@ def load_visual(model: torch.nn.Module, path: Path) -> None:
 
 def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: ClipLoss,
                      optimizer: torch.optim.Optimizer, images: torch.Tensor, texts: torch.Tensor,
-                     dev: torch.device, precision: str, grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One stage-2 optimizer step: forward under the run's autocast, ClipLoss, backward, gradient clipping, AdamW,
-    logit-scale clamp. ``net`` is what runs forward (the DDP wrapper with several ranks), ``model`` the bare model.
-    Returns the loss and the logit scale, detached and still on the device: no host sync."""
+                     dev: torch.device, precision: str, grad_clip: float | None,
+                     accumulation: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stage-2 optimizer step: per micro-batch (``accumulation`` equal, contiguous parts of this rank's batch)
+    a forward under the run's autocast, ClipLoss over that micro-batch (its negatives), and a backward of loss /
+    accumulation, the ranks' gradients reduced once, after the last; then gradient clipping, AdamW, logit-scale
+    clamp. ``net`` is what runs forward (the DDP wrapper with several ranks), ``model`` the bare model. Returns the
+    mean loss over the micro-batches and the logit scale, detached and still on the device: no host sync."""
     optimizer.zero_grad(set_to_none=True)
-    with autocast(dev, precision):
-        image_f, text_f, scale = net(images, texts)
-        loss = loss_fn(image_f, text_f, scale)
-    loss.backward()
+    parts = list(zip(images.chunk(accumulation), texts.chunk(accumulation)))
+    total = None
+    for i, (im, tx) in enumerate(parts):
+        last = i == len(parts) - 1
+        with (contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()):
+            with autocast(dev, precision):
+                image_f, text_f, scale = net(im, tx)
+                loss = loss_fn(image_f, text_f, scale)
+            (loss / accumulation if accumulation > 1 else loss).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    loss = total / accumulation if accumulation > 1 else total
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -124,6 +135,8 @@ class _Stage2:
                             "seed": seed, "epochs": epochs, "global_batch": self.global_batch,
                             "sample_order": self.s2.sample_order, "manifest": self.manifest.digest,
                             "augment": self.s2.augment}
+        if self.s2.accumulation_steps > 1:  # (absent at 1: resume states written before the option stay valid)
+            self.fingerprint["accumulation_steps"] = self.s2.accumulation_steps
         model, preprocess_val, tokenizer = build_model(study, init, init_weights, seed)
         if ctx.rank == 0:
             write_model_config(self.paths.checkpoints, study.model.name, study.model.config)
@@ -144,7 +157,13 @@ class _Stage2:
         mean, std = model_mean_std(model)
         transform = declip_train_transform(size, mean, std) if self.s2.augment else preprocess_val
         table = rank0_first(ctx.rank, lambda: build_table(self.manifest, index_cache))
-        self.sampler = EpochBatchSampler(table.shard_counts, seed, self.global_batch, ctx.rank, ctx.world_size)
+        accumulation = self.s2.accumulation_steps
+        if self.global_batch % (ctx.world_size * accumulation):
+            raise TrainingError(f"job {ctx.uid}: the global batch of {self.global_batch} samples (stage2."
+                                f"global_batch_size {self.s2.global_batch_size}, at most the scale's {samples}) does "
+                                f"not split into {ctx.world_size} ranks x stage2.accumulation_steps {accumulation}")
+        self.sampler = EpochBatchSampler(table.shard_counts, seed, self.global_batch, ctx.rank, ctx.world_size,
+                                         accumulation)
         dataset = ShardDataset(table, transform, tokenizer, seed)
         self.loader = make_loader(dataset, self.sampler, self.s2.workers, pin_memory=self.dev.type == "cuda",
                                   seed=seed)
@@ -324,7 +343,7 @@ class _Stage2:
         lr = cosine_lr(self.step, self.total_steps, self.s2.optim)
         set_lr(self.optimizer, lr)
         loss, scale = contrastive_step(self.net, self.model, self.loss_fn, self.optimizer, images, texts,
-                                       self.dev, self.s2.precision, self.s2.grad_clip)
+                                       self.dev, self.s2.precision, self.s2.grad_clip, self.s2.accumulation_steps)
         self.step += 1
         self.batch += 1
         self.ctx.step = self.step
