@@ -18,16 +18,13 @@ from pisweep.report.docmodel import (
     Block,
     Cell,
     Table,
+    arm_cells,
+    arm_columns,
     arm_names,
     epoch_range,
     epochs_text,
     hours,
-    interval,
     noise_note,
-    num,
-    pval,
-    signed,
-    tone_of,
 )
 
 RUN_TABLE_LIMIT = 40  # runs listed one by one in the cost section
@@ -82,10 +79,7 @@ def group_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list
     out = [Block("h2", f"{scale} · {gr['epochs']} epochs", group=gr)]
     main = gr.get("main")
     arms = list(gr["arms"])
-    cols = [("epoch", "right")] + [(a, "right") for a in arms]
-    for c in cmps:
-        cols += [(f"Δ {c.replace('-', '−')}", "right"), ("p", "right")]
-    cols.append(("runs", "right"))
+    cols = [("epoch", "right")] + arm_columns(arms, cmps)
     note = noise_note([d for row in (main or {}).get("rows", []) for d in row["deltas"].values()],
                       rep["settings"]["assume_no_seed_noise"])
     t = Table(f"{registry.get_task(rep['main_task']).display_name} ({rep['main_metric']}) per evaluated epoch: "
@@ -93,16 +87,7 @@ def group_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list
               cols)
     for row in (main or {}).get("rows", []):
         complete = all(row["complete"].values()) if row["complete"] else True
-        cells = [Cell(f"{row['epoch']}" + ("" if complete else "*"))]
-        for a in arms:
-            v = row["arms"][a]
-            cells.append(Cell(f"{num(v['mean'])} {interval(v['lo'], v['hi'])}".strip() if v["n"] else "—"))
-        for c in cmps:
-            d = row["deltas"].get(c)
-            cells += [Cell(f"{signed(d['delta'])} {interval(d['lo'], d['hi'], True)}".strip() if d else "—",
-                           tone_of(d)), Cell(pval(d["p"]) if d else "—")]
-        cells.append(Cell(" ".join(f"{row['arms'][a]['n']}/{row['arms'][a]['planned']}" for a in arms)))
-        t.rows.append(cells)
+        t.rows.append([Cell(f"{row['epoch']}" + ("" if complete else "*"))] + arm_cells(row, arms, cmps))
     if main and main["rows"]:
         out.append(Block("table", table=t))
     else:

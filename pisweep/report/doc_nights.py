@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pisweep.report.docmodel import DIM, Block, Cell, Table, interval, noise_note, num, pval, signed, tone_of
+from pisweep.report.docmodel import DIM, Block, Cell, Table, arm_cells, arm_columns, noise_note
 
 
 def nights_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list[Block]:
@@ -15,10 +15,7 @@ def nights_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> lis
     cmps = rep["comparisons"]
     arms = [a for a in gr["arms"] if any(r["arms"][a]["n"] for s in series.values() for r in s["rows"])]
     shown = sorted({r["epoch"] for s in series.values() for r in s["rows"]})  # all in full mode, else start and last
-    cols = [("epoch", "right"), ("set", "left")] + [(a, "right") for a in arms]
-    for c in cmps:
-        cols += [(f"Δ {c.replace('-', '−')}", "right"), ("p", "right")]
-    cols.append(("runs", "right"))
+    cols = [("epoch", "right"), ("set", "left")] + arm_columns(arms, cmps)
     note = noise_note([d for s in series.values() for r in s["rows"] for d in r["deltas"].values()],
                       rep["settings"]["assume_no_seed_noise"])
     t = Table(f"NIGHTS 2AFC through stage 2: mean over seeds [{int(rep['settings']['level'] * 100)}% interval]; "
@@ -28,16 +25,7 @@ def nights_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> lis
             row = next((r for r in s["rows"] if r["epoch"] == e), None)
             if row is None:
                 continue
-            cells = [Cell(str(e)), Cell(s["name"])]
-            for a in arms:
-                v = row["arms"][a]
-                cells.append(Cell(f"{num(v['mean'])} {interval(v['lo'], v['hi'])}".strip() if v["n"] else "—"))
-            for c in cmps:
-                d = row["deltas"].get(c)
-                cells += [Cell(f"{signed(d['delta'])} {interval(d['lo'], d['hi'], True)}".strip() if d else "—",
-                               tone_of(d)), Cell(pval(d["p"]) if d else "—")]
-            cells.append(Cell(" ".join(f"{row['arms'][a]['n']}/{row['arms'][a]['planned']}" for a in arms)))
-            t.rows.append(cells)
+            t.rows.append([Cell(str(e)), Cell(s["name"])] + arm_cells(row, arms, cmps))
     out = [Block("h3", "Human alignment: NIGHTS 2AFC per epoch"), Block("table", table=t)]
     if not rep["settings"]["full"]:
         out.append(Block("p", "every epoch in the HTML, Markdown and --json reports", DIM))

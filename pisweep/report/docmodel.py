@@ -79,6 +79,29 @@ def epochs_text(epochs: list[int]) -> str:
     return ", ".join(parts)
 
 
+def arm_columns(arms: list[str], cmps: list[str]) -> list[tuple[str, str]]:
+    """The columns of an epoch row after its key columns: each arm, each delta with its p, the runs."""
+    cols = [(a, "right") for a in arms]
+    for c in cmps:
+        cols += [(f"Δ {c.replace('-', '−')}", "right"), ("p", "right")]
+    return cols + [("runs", "right")]
+
+
+def arm_cells(row: dict[str, Any], arms: list[str], cmps: list[str]) -> list[Cell]:
+    """An epoch row's cells under :func:`arm_columns`: means with intervals, deltas with intervals and p, and the
+    runs with a result of the planned ones per arm."""
+    cells = []
+    for a in arms:
+        v = row["arms"][a]
+        cells.append(Cell(f"{num(v['mean'])} {interval(v['lo'], v['hi'])}".strip() if v["n"] else "—"))
+    for c in cmps:
+        d = row["deltas"].get(c)
+        cells += [Cell(f"{signed(d['delta'])} {interval(d['lo'], d['hi'], True)}".strip() if d else "—", tone_of(d)),
+                  Cell(pval(d["p"]) if d else "—")]
+    cells.append(Cell(" ".join(f"{row['arms'][a]['n']}/{row['arms'][a]['planned']}" for a in arms)))
+    return cells
+
+
 def arm_names(cmp: str) -> tuple[str, str]:
     a, b = cmp.split("-", 1)
     return a, b

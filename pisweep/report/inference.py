@@ -228,9 +228,9 @@ def _arm(x: np.ndarray, cov: np.ndarray | None, sl: slice, level: float) -> tupl
     else:
         block = cov[:, sl, sl]
         v_ex = block[:, 0, 0] if S == 1 else _off_diagonal_mean(block[:, :, None, :, None])[:, 0, 0]
-        if S > 1:  # tied seeds: as _at_least
-            own = np.clip(np.einsum("kss->k", block) / S - v_ex, 0.0, None) / S
-            v_seed = np.where(v_seed <= 1e-9 * own, own, v_seed)
+        if S > 1:  # tied seeds
+            own = np.einsum("kss->k", block) / S - v_ex
+            v_seed = _at_least(v_seed[:, None, None], (own / S)[:, None, None])[:, 0, 0]
     se, df = _combine(v_seed, S - 1, np.maximum(v_ex, 0.0))
     if cov is None and S == 1:
         nan = [math.nan] * K
