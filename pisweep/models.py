@@ -55,13 +55,15 @@ def register_from_checkpoint(weights: Path, name: str) -> None:
 
 
 def create_model(name: str, config: dict[str, Any] | None = None, pretrained: str | Path | None = None,
-                 device: str | torch.device = "cpu"):
-    """Return ``(model, preprocess_train, preprocess_val, tokenizer)`` for an open_clip model."""
+                 device: str | torch.device = "cpu", init_logit_scale: float | None = None):
+    """Return ``(model, preprocess_train, preprocess_val, tokenizer)`` for an open_clip model; ``init_logit_scale``
+    (ln of the starting 1/temperature): open_clip's model option, None for the model's own."""
     register_model_config(name, config)
     if pretrained is not None:
         register_from_checkpoint(Path(pretrained), name)
+    extra = {} if init_logit_scale is None else {"init_logit_scale": init_logit_scale}
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name, pretrained=str(pretrained) if pretrained is not None else None, device=device)
+        name, pretrained=str(pretrained) if pretrained is not None else None, device=device, **extra)
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess_train, preprocess_val, tokenizer
 

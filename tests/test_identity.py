@@ -67,7 +67,20 @@ def test_a_pinned_default_never_changes(version):
 @pytest.mark.parametrize("name", ["ci", "smoke"])
 def test_identity_v1_uids_are_those_pisweep_made_before(root, name):
     recorded = json.loads((DATA / "uids-identity-v1.json").read_text())[name]
-    plan = make_plan(load_study(root / "experiments" / f"{name}.yaml"), 1)
+    plan = make_plan(load_study(root / "experiments" / f"{name}.yaml", 1), 1)
+    assert {i.label: i.uid for i in plan.inits} == recorded["inits"]
+    assert {r.label: r.uid for r in plan.runs} == recorded["runs"]
+    assert set(uids(make_plan(load_study(root / "experiments" / f"{name}.yaml")))).isdisjoint(uids(plan))
+
+
+@pytest.mark.parametrize("name", ["ci", "smoke"])
+def test_identity_v2_uids_are_those_pisweep_made_before(root, name):
+    """Recipes (identity v3) changed defaults; a study recorded under v2 is loaded with what it ran and keeps its
+    uids, while the same file as a new study is planned anew."""
+    recorded = json.loads((DATA / "uids-identity-v2.json").read_text())[name]
+    old = load_study(root / "experiments" / f"{name}.yaml", 2)
+    assert old.data.subset == "prefix"
+    plan = make_plan(old, 2)
     assert {i.label: i.uid for i in plan.inits} == recorded["inits"]
     assert {r.label: r.uid for r in plan.runs} == recorded["runs"]
     assert set(uids(make_plan(load_study(root / "experiments" / f"{name}.yaml")))).isdisjoint(uids(plan))
@@ -106,11 +119,11 @@ def test_a_ledger_made_at_identity_v1_keeps_its_runs(tmp_path):
 def test_defaults_are_not_hashed(tmp_path):
     plain = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar")
     explicit = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", global_batch_size=8192,
-                               optim={"warmup_steps": 2500, "lr": 5e-4})
+                               optim={"warmup_fraction": 0.0427, "lr": 5e-4})
     assert uids(make_plan(plain)) == uids(make_plan(explicit))
     run = make_plan(plain).runs[0]
-    assert run.identity["stage2"] == {} and run.identity["model"] == {} and run.identity["identity"] == 2
-    other = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", optim={"warmup_steps": 2500, "lr": 1e-3})
+    assert run.identity["stage2"] == {} and run.identity["model"] == {} and run.identity["identity"] == 3
+    other = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", optim={"warmup_fraction": 0.0427, "lr": 1e-3})
     assert set(uids(make_plan(other))).isdisjoint({r.uid for r in make_plan(plain).runs})
 
 
@@ -119,7 +132,7 @@ def test_a_new_field_at_its_default_keeps_every_uid(tmp_path, monkeypatch):
     uid: v2 hashes only what differs from the table."""
     study = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar")
     before = uids(make_plan(study))
-    table = json.loads(json.dumps(pinned_defaults(2)))
+    table = json.loads(json.dumps(pinned_defaults(IDENTITY_VERSION)))
     table["stage2"]["new_knob"] = "old behaviour"
     monkeypatch.setattr(identity, "pinned_defaults", lambda version: table)
     dumped = study.stage2.model_dump(mode="json")
@@ -157,7 +170,7 @@ def test_loader_workers_do_not_block_a_resubmit_but_a_learning_rate_does(tmp_pat
             update={"optim": study.stage2.optim.model_copy(update={"lr": 1e-3})})})
         with pytest.raises(LedgerError, match=r"stage2\.optim\.lr: 0\.0005 -> 0\.001"):
             record_study(led, lr.model_dump(mode="json"), None, make_plan(lr), layout)
-        with pytest.raises(LedgerError, match="recorded under identity v2"):
+        with pytest.raises(LedgerError, match=f"recorded under identity v{IDENTITY_VERSION}"):
             record_study(led, study.model_dump(mode="json"), None, make_plan(study, 1), layout)
     finally:
         led.close()

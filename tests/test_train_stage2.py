@@ -24,7 +24,7 @@ from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleDa
 from pisweep.testing import StopAfter
 from pisweep.train.augment import declip_train_transform
 from pisweep.train.loader import EpochBatchSampler, ShardDataset, epoch_order, make_loader
-from pisweep.train.optim import cosine_lr, decays, param_groups
+from pisweep.train.optim import decays, param_groups
 from pisweep.train.shards import build_table, plan_manifest
 from pisweep.train.stage2 import build_model, run_stage2
 from pisweep.train.tarindex import IndexCache, index_tar, scan_tar
@@ -237,15 +237,6 @@ def test_no_weight_decay_on_biases_norms_embeddings_and_logit_scale():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert len(decay["params"]) + len(no_decay["params"]) == len(named)
 
-
-def test_cosine_schedule_with_warmup():
-    spec = OptimSpec(lr=1.0, warmup_steps=4, min_lr=0.0)
-    assert [cosine_lr(s, 14, spec) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert cosine_lr(4, 14, spec) == 1.0
-    assert cosine_lr(9, 14, spec) == pytest.approx(0.5)
-    assert cosine_lr(14, 14, spec) == pytest.approx(0.0)
-    assert cosine_lr(9, 14, OptimSpec(lr=1.0, warmup_steps=4, min_lr=0.2)) == pytest.approx(0.6)
-    assert cosine_lr(0, 10, OptimSpec(lr=1.0, warmup_steps=0)) == 1.0
 
 
 # ---- arms ----------------------------------------------------------------------------------------------

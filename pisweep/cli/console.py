@@ -144,12 +144,45 @@ def status_table(data: dict[str, Any]) -> Table:
 
 def plan_table(plan_json: dict[str, Any]) -> Table:
     t = Table(title=f"plan for study {plan_json['study']}: {plan_json['counts']}", title_justify="left")
-    for col in ("kind", "uid", "label", "depends on", "evaluated epochs"):
-        t.add_column(col, no_wrap=True)
+    for col in ("kind", "uid", "label", "depends on", "steps/epoch", "steps", "warmup", "evaluated epochs"):
+        t.add_column(col, no_wrap=True, justify="right" if col.startswith(("steps", "warmup")) else "left")
     for i in plan_json["inits"]:
-        t.add_row("init", i["uid"], i["label"], "", "")
+        after = f"{i['hands_on_epoch_of']}'s epoch" if i.get("hands_on_epoch_of") else ""
+        t.add_row("init", i["uid"], i["label"], after, "", "", "", "")
     for r in plan_json["runs"]:
         ep = r["eval_epochs"]
         eps = ",".join(map(str, ep)) if len(ep) <= 8 else f"{ep[0]},{ep[1]},…,{ep[-1]} ({len(ep)})"
-        t.add_row("train", r["uid"], r["label"], r["init_uid"] or "", eps)
+        warm = f"{r['warmup_steps']:,} ({r['warmup_epochs']:.2g} ep)"
+        t.add_row("train", r["uid"], r["label"], r["init_uid"] or "", f"{r['optimizer_steps_per_epoch']:,}",
+                  f"{r['total_steps']:,}", warm, eps)
     return t
+
+
+def recipe_tables(data: dict[str, Any]) -> list[Table]:
+    """`pisweep plan --compare-recipes`: the fields that differ, then each scale's steps and learning rates."""
+    names = data["recipes"]
+    fields = Table(title="fields where the recipes differ (the study file's own settings apply to both)",
+                   title_justify="left")
+    fields.add_column("field", no_wrap=True)
+    for n in names:
+        fields.add_column(n, no_wrap=True)
+    for row in data["fields"]:
+        fields.add_row(row["field"], *(_plain(row[n]) for n in names))
+    steps = Table(title="per scale, at the grid's longest run: optimizer steps, warmup, and the LR at the end of "
+                        "an epoch (share of the peak)", title_justify="left")
+    for col in ("scale", "recipe", "batch", "steps/epoch", "steps", "warmup steps", "warmup epochs", "warmup %",
+                *(f"LR ep {e}" for e in data["lr_epochs"])):
+        steps.add_column(col, no_wrap=True, justify="left" if col in ("scale", "recipe") else "right")
+    for row in data["scales"]:
+        for i, n in enumerate(names):
+            r = row[n]
+            lrs = [f"{r['lr_after_epoch'][str(e)]:.3g} ({r['lr_after_epoch'][str(e)] / r['lr_peak']:.0%})"
+                   for e in data["lr_epochs"]]
+            steps.add_row(f"{row['scale']} ({row['samples']:,} × {row['epochs']})" if i == 0 else "", n,
+                          f"{r['global_batch']:,}", f"{r['optimizer_steps_per_epoch']:,}", f"{r['total_steps']:,}",
+                          f"{r['warmup_steps']:,}", f"{r['warmup_epochs']:.2f}", f"{r['warmup_share']:.1%}", *lrs)
+    return [fields, steps]
+
+
+def _plain(value: Any) -> str:
+    return "—" if value is None else str(value)

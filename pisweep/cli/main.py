@@ -14,6 +14,7 @@ from typing import Any
 
 from pisweep.cli.console import err, out, say_err, waiting
 from pisweep.cli.control import cmd_attach, cmd_cancel, cmd_resume, cmd_submit
+from pisweep.cli.plan import cmd_plan
 from pisweep.errors import PisweepError, ReportWriteError
 from pisweep.states import JOB_STATES
 
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what would be run, without running it")
     p.add_argument("study")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--compare-recipes", action="store_true",
+                   help="show the study under each recipe side by side: the fields that differ, and per scale the "
+                        "optimizer steps, warmup and learning rate (a study file only)")
     _limit_args(p)
 
     p = sub.add_parser("logs", help="print a job's log (by uid prefix or label)")
@@ -169,31 +173,6 @@ def _quiet_stdout() -> None:
 
 
 # -- commands -------------------------------------------------------------------------------------------------------
-def cmd_plan(args: argparse.Namespace) -> int:
-    from pisweep.commands.studyref import resolve
-    from pisweep.study.plan import check_grid_size, make_plan
-
-    ref = resolve(args.study)
-    check_grid_size(ref.study, args.max_jobs, args.max_evals)
-    plan = make_plan(ref.study, ref.identity_version)
-    data = plan_json(plan)
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        from pisweep.cli.console import plan_table
-
-        out.print(plan_table(data))
-        out.print(f"evals: {plan.n_evals} (runs × evaluated epochs × {len(plan.tasks)} tasks)")
-    return 0
-
-
-def plan_json(plan) -> dict[str, Any]:
-    return {"study": plan.study, "counts": plan.counts(), "tasks": list(plan.tasks),
-            "inits": [{"uid": i.uid, "label": i.label, "method": i.method, "seed": i.seed} for i in plan.inits],
-            "runs": [{"uid": r.uid, "label": r.label, "init": r.init, "init_uid": r.init_uid, "scale": r.scale,
-                      "epochs": r.epochs, "seed": r.seed, "eval_epochs": list(r.eval_epochs)} for r in plan.runs]}
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from pisweep.commands import session as app
     from pisweep.commands.status import status

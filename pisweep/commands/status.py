@@ -73,6 +73,7 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     data = StatusData(s.name, str(s.ledger.path), len(s.plan.tasks), list(present),
                       {k: str(v) for k, v in missing.items()}, state_filter=state, limit=limit)
     cells = []
+    labels = {i.uid: i.label for i in s.plan.inits}
     for kind, job in [("init", i) for i in s.plan.inits] + [("train", r) for r in s.plan.runs]:
         row = jobs.get(job.uid)
         cell = {"uid": job.uid, "kind": kind, "label": job.label, "state": row.state if row else "planned",
@@ -83,6 +84,12 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
                 "log": row.log_path if row else None}
         if kind == "train":
             cell["evals_planned"] = len(job.eval_epochs) * len(s.plan.tasks)
+        elif job.after is not None:  # a control that hands on its seed's perceptual epoch
+            cell["hands_on_epoch_of"] = labels[job.after]
+            before = jobs.get(job.after)
+            if cell["state"] not in ("completed", "running") and not (before and before.state == "completed"):
+                cell["reason"] = cell["reason"] or (f"waits for {labels[job.after]}: it hands on the epoch that "
+                                                    f"init hands on (stage1.handoff best_val)")
         cells.append(cell)
         data.summary[cell["state"]] = data.summary.get(cell["state"], 0) + 1
     data.cells_total = len(cells)

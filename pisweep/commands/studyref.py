@@ -70,6 +70,8 @@ def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] 
             version = _require_recorded(study.name, path, arg, on_wait)[1]
         else:
             version = _recorded_version(study.name, path, on_wait) or IDENTITY_VERSION
+        if version != IDENTITY_VERSION:  # recorded before: the defaults it was recorded with (study/recipe.py)
+            study = load_study(arg, version)
         return StudyRef(study, study.model_dump(mode="json"), path, str(Path(arg).resolve()), True, version)
     if ledger:
         path = Path(ledger)
@@ -83,7 +85,7 @@ def resolve(arg: str, ledger: str | None = None, on_wait: Callable[[str], None] 
     if not path.exists():
         raise StudyNotFound(f"study {arg!r}: its ledger {path} does not exist")
     spec, version = _require_recorded(arg, path, arg, on_wait)
-    return StudyRef(study_from_json(spec), spec, path, None, False, version)
+    return StudyRef(study_from_json(spec, version), spec, path, None, False, version)
 
 
 def _require_recorded(name: str, path: Path, arg: str,

@@ -12,8 +12,10 @@ from pisweep.study.plan import InitJob, RunJob
 
 
 def init_job_file(init: InitJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
-    return JobFile("init", init.uid, str(layout.init_dir(init.uid)), study_json,
-                   {"method": init.method, "seed": init.seed, "nights": paths.nights})
+    params = {"method": init.method, "seed": init.seed, "nights": paths.nights}
+    if init.after is not None:  # the init whose hand-off epoch this one hands on (its handoff.json)
+        params["handoff_from"] = str(layout.init_dir(init.after))
+    return JobFile("init", init.uid, str(layout.init_dir(init.uid)), study_json, params)
 
 
 def train_job_file(run: RunJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:

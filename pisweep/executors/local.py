@@ -176,6 +176,7 @@ class LocalExecutor:
         gone = {u for u, row in snap.jobs.items() if row.state == "cancelled" and (row.updated_at or 0) >= self.t0}
         if gone:
             work.inits = [i for i in work.inits if i.uid not in gone]
+            work.inits_waiting = [i for i in work.inits_waiting if i.uid not in gone and i.after not in gone]
             work.runs = [r for r in work.runs if r.uid not in gone and r.init_uid not in gone]
             work.waiting = [r for r in work.waiting if r.uid not in gone and r.init_uid not in gone]
         return work

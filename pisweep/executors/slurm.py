@@ -86,6 +86,12 @@ class SlurmExecutor:
                                     for i in inits], None, snapshot, out)
         for i in inits:
             init_ids[i.uid] = out.jobs.get(i.uid, init_ids.get(i.uid))
+        for i in work.inits_waiting:  # a control waits for the init whose hand-off epoch it takes
+            if i.uid in active:
+                continue
+            self._submit_group("init", [(i.uid, i.label, init_job_file(i, self.study_json, self.paths, self.layout),
+                                         None)], init_ids.get(i.after), snapshot, out)
+            init_ids[i.uid] = out.jobs.get(i.uid, init_ids.get(i.uid))
         no_dep, with_dep = [], []
         for run in list(work.runs) + list(work.waiting):
             if run.uid in active:

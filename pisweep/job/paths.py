@@ -67,6 +67,11 @@ class JobPaths:
         return self.folder / "init.pt"
 
     @property
+    def handoff(self) -> Path:
+        """(inits) the epoch ``init.pt`` holds and why: what a control init of the same seed hands on too."""
+        return self.folder / "handoff.json"
+
+    @property
     def manifest(self) -> Path:
         return self.folder / "data" / "manifest.json"
 

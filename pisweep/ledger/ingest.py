@@ -32,7 +32,7 @@ def spec_hash(study: Study, version: int) -> str:
 
 def _drift(old_spec: dict[str, Any], new: Study, version: int) -> list[str]:
     try:
-        old = study_from_json(old_spec)
+        old = study_from_json(old_spec, version)
     except SpecError as e:
         return [f"the recorded spec no longer loads with this pisweep ({str(e).splitlines()[0]})"]
     return drift(old, new, version)
@@ -43,7 +43,7 @@ def record_study(ledger: Ledger, spec: dict[str, Any], spec_path: str | None, pl
     """Store the study and add the plan's jobs that are new (existing jobs keep their state)."""
     now = time.time()
     version = plan.identity_version
-    study = study_from_json(spec)
+    study = study_from_json(spec, version)
     with ledger.writing("recording the study"), ledger.engine.begin() as conn:
         old = conn.execute(select(t.studies.c.spec_json, t.studies.c.identity_version)
                            .where(t.studies.c.name == plan.study)).first()

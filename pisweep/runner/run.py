@@ -136,7 +136,8 @@ def dispatch(job: JobFile, ctx: JobContext, device: str | None = None) -> None:
     if job.kind == "init":
         from pisweep.train.stage1 import run_stage1
 
-        run_stage1(ctx, study, p["method"], p["seed"], Path(p["nights"]), device=device)
+        run_stage1(ctx, study, p["method"], p["seed"], Path(p["nights"]), device=device,
+                   handoff_from=Path(p["handoff_from"]) if p.get("handoff_from") else None)
     elif job.kind == "train":
         from pisweep.train.stage2 import run_stage2
 

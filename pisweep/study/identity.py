@@ -5,12 +5,15 @@ Identity versions. A study is recorded with the version it was planned under and
 
 - v1 (pisweep up to the renovation): a uid hashes every result-affecting field, defaults included, and the data's
   paths. Adding a spec field with a default, or moving a dataset to a new mount, renamed every run.
-- v2: a uid hashes the version, the result-affecting fields that differ from the defaults pinned for v2
+- v2 and v3: a uid hashes the version, the result-affecting fields that differ from the defaults pinned for v2
   (``identity-v2.json`` beside this module: every result-affecting default, and the numerics that change results
   but are no field), and the data by what it is, not where it lies: a training scale by its sample count and its
   shards' names (file and folder names; the mount above them does not count), NIGHTS by its folder's name, the
   synthetic data by its generator's configuration. tests/test_identity.py fails when a pinned default changes
   without a new version, so two configurations never share a uid.
+- v3 (recipes, study/recipe.py): the stage-2 warmup is a fraction of the run, a scale is a seeded random subset of
+  shards (held in the data's identity), and control inits hand on their seed's perceptual epoch. Studies recorded
+  under v1 and v2 are loaded with what they ran (recipe.LEGACY).
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from pisweep.data.shardlist import expand_shards
 from pisweep.errors import PlanError
 from pisweep.study.spec import ModelSpec, Stage1Spec, Stage2Spec, Study
 
-IDENTITY_VERSION = 2
-VERSIONS = (1, 2)
+IDENTITY_VERSION = 3
+VERSIONS = (1, 2, 3)
 UID_LEN = 12
 
 #: Fields of a stage that change how a job runs but never what it computes. (Outside model, stage1, stage2 and
@@ -39,8 +42,13 @@ NOT_RESULT = {
 #: v2 folds stage1.seed_offset into the init's seed: (seed 0, offset 42) and (seed 42, offset 0) are one init.
 _V2_FOLDED = {"stage1": frozenset({"seed_offset"})}
 #: Fields added after v1, with the value that is v1's behaviour: a v1 identity holds them only when they differ
-#: from it (so v1 uids never move, and a v1 study that sets one gets a new uid, not a collision).
-_AFTER_V1 = {"stage2": {"accumulation_steps": 1}}
+#: from it (so v1 uids never move, and a v1 study that sets one gets a new uid, not a collision). (v2 pins them in
+#: its table, identity-v2.json, at these values.)
+_OLD_OPTIM = {"warmup_fraction": None, "schedule": "cosine"}
+_AFTER_V1 = {"model": {"init_logit_scale": None},
+             "stage1": {"handoff": "best_val", "optim": _OLD_OPTIM},
+             "stage2": {"accumulation_steps": 1, "logit_scale_clamp": "after_step", "interpolation": "bicubic",
+                        "optim": _OLD_OPTIM}}
 
 #: What changes results without being a field: pinned with the defaults. Change an entry when the implementation
 #: changes what it computes (and bump IDENTITY_VERSION).
@@ -48,7 +56,7 @@ NUMERICS = {
     "attention": "open_clip's default block (nn.MultiheadAttention), open_clip 3.3",
     "augment": "DeCLIP / MoCo-v2 train transform as in train/augment.py, v1",
     "bad_samples": "an undecodable training sample fails the job",
-    "stage1_handoff": "the epoch with the lowest NIGHTS val loss",
+    "stage1_handoff": "stage1.handoff; a control init hands on the epoch its seed's perceptual init hands on",
 }
 
 
@@ -119,15 +127,23 @@ def _versioned(ident: dict[str, Any], version: int) -> dict[str, Any]:
 
 
 def _section(study: Study, version: int, name: str, full: bool = False) -> dict[str, Any]:
-    if name == "model":
-        dump = study.model.model_dump(mode="json")
-        if version == 1:
-            return {"name": dump["name"], "config": dump["config"]}
-    else:
-        dump = _drop(getattr(study, name).model_dump(mode="json"), name, version)
-        if version == 1:
-            return {k: v for k, v in dump.items() if k not in _AFTER_V1.get(name, {}) or v != _AFTER_V1[name][k]}
+    dump = _drop(getattr(study, name).model_dump(mode="json"), name, version)
+    if version == 1:
+        return _strip_at(dump, _AFTER_V1[name])
     return dump if full else _non_default(dump, pinned_defaults(version)[name])
+
+
+def _strip_at(dump: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """``dump`` without the fields of ``old`` that hold the value given there (nested mappings key by key)."""
+    out = {}
+    for key, value in dump.items():
+        if key not in old:
+            out[key] = value
+        elif isinstance(old[key], dict) and isinstance(value, dict):
+            out[key] = _strip_at(value, old[key])
+        elif value != old[key]:
+            out[key] = value
+    return out
 
 
 def _drop(dump: dict[str, Any], name: str, version: int) -> dict[str, Any]:
@@ -154,16 +170,24 @@ def _data(study: Study, version: int, part: str, scale: str | None = None) -> di
     if data.synthetic is not None:
         synth = {k: v for k, v in data.synthetic.identity_dump().items() if k != "root"}
         if part == "train":
-            return {"synthetic": synth, "scale": scale, "samples": data.synthetic.train_scales[scale]}
+            return {"synthetic": synth, "scale": scale, "samples": data.synthetic.train_scales[scale],
+                    **_subset(study, version)}
         return {"synthetic": synth}
     if part == "train":
         s = data.train[scale]
         if version == 1:
-            return {"shards": s.shards, "samples": s.samples}
-        return {"shards": shard_names_digest(s.shards), "samples": s.samples}
+            return {"shards": s.shards, "samples": s.samples, **_subset(study, version)}
+        return {"shards": shard_names_digest(s.shards), "samples": s.samples, **_subset(study, version)}
     if version == 1:
         return {"nights": data.nights}
     return {"nights": PurePath(data.nights).name if data.nights else None}
+
+
+def _subset(study: Study, version: int) -> dict[str, Any]:
+    """Which shards make a scale (data.subset): held from v3 on; before, only when it is not v1/v2's prefix."""
+    if version < 3 and study.data.subset == "prefix":
+        return {}
+    return {"subset": {"rule": study.data.subset, "seed": study.data.subset_seed}}
 
 
 def shard_names_digest(pattern: str) -> dict[str, Any]:

@@ -17,8 +17,10 @@ from pisweep.study.spec import Study, cross_field_problems
 from pisweep.study.yamlfile import parse_yaml
 
 
-def load_study(path: str | Path) -> Study:
-    """Parse and validate a study file; raise :class:`SpecError` with every problem found."""
+def load_study(path: str | Path, identity_version: int | None = None, recipe: str | None = None) -> Study:
+    """Parse and validate a study file; raise :class:`SpecError` with every problem found. ``identity_version``:
+    the one the study is recorded under, whose defaults it keeps (study/recipe.py; None: a new study's);
+    ``recipe``: load it under this recipe instead of its own (what `pisweep plan --compare-recipes` shows)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -31,8 +33,10 @@ def load_study(path: str | Path) -> Study:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a study file must be a mapping with keys such as name, output_root, data, grid")
     data = resolve_paths(data, path.resolve().parent)
+    if recipe is not None:
+        data["recipe"] = recipe
     try:
-        study = Study.model_validate(data)
+        study = Study.model_validate(data, context={"identity_version": identity_version})
     except ValidationError as e:
         raise SpecError(format_errors(path, root, [(err["loc"], describe(err)) for err in e.errors()])) from None
     problems = cross_field_problems(study)
@@ -41,9 +45,10 @@ def load_study(path: str | Path) -> Study:
     return study
 
 
-def study_from_json(data: dict[str, Any]) -> Study:
-    """Rebuild a study stored in the ledger (paths there are already absolute)."""
-    return Study.model_validate(data)
+def study_from_json(data: dict[str, Any], identity_version: int | None = None) -> Study:
+    """Rebuild a study stored in the ledger or a job file (paths there are already absolute); ``identity_version``:
+    the one it is recorded under (a study stored before a field existed gets that version's default)."""
+    return Study.model_validate(data, context={"identity_version": identity_version})
 
 
 # Fields that hold paths, resolved relative to the spec's folder.

@@ -25,6 +25,9 @@ class InitJob:
     method: str  # "perceptual" | "shuffled"
     seed: int
     identity: dict[str, Any] = field(compare=False, repr=False)
+    # The init whose hand-off epoch this one hands on (a control under stage1.handoff "best_val": its seed's
+    # perceptual init, which it waits for); None: the epoch is this init's own (fixed, last, or its best).
+    after: str | None = None
 
     @property
     def label(self) -> str:
@@ -95,7 +98,10 @@ def grid_size(study: Study) -> GridSize:
     g = study.grid
     per_cell = len(g.scale) * len(g.seed)
     evaluated = sum(e // study.eval.every + (1 if e % study.eval.every else 0) for e in g.epochs)
-    return GridSize(inits=len(g.seed) * sum(1 for i in g.init if i != "random"),
+    methods = {i for i in g.init if i != "random"}
+    if methods - {"perceptual"} and matched_handoff(study):
+        methods.add("perceptual")  # a control's hand-off epoch is its seed's perceptual init's
+    return GridSize(inits=len(g.seed) * len(methods),
                     runs=per_cell * len(g.epochs) * len(g.init),
                     evals=per_cell * len(g.init) * evaluated * len(suite_tasks(study)))
 
@@ -112,23 +118,33 @@ def check_grid_size(study: Study, max_jobs: int = MAX_JOBS, max_evals: int = MAX
     return size
 
 
+def matched_handoff(study: Study, identity_version: int = IDENTITY_VERSION) -> bool:
+    """Whether a control init waits for its seed's perceptual init to learn the epoch it hands on: under
+    stage1.handoff "best_val", from identity v3 (before, a control chose its own best-val epoch)."""
+    return identity_version >= 3 and study.stage1.fixed_handoff() is None
+
+
 def make_plan(study: Study, identity_version: int = IDENTITY_VERSION) -> Plan:
     """The study's jobs; ``identity_version``: the one its study is recorded with (new studies: the latest)."""
     view = result_view(study, identity_version)  # once: every job's identity is made of its parts
     tasks = suite_tasks(study)
     inits: dict[tuple[str, int], InitJob] = {}
     runs: list[RunJob] = []
+
+    def init_of(method: str, seed: int) -> InitJob:
+        if (method, seed) not in inits:
+            ident = init_identity(view, identity_version, method, seed + study.stage1.seed_offset)
+            after = None
+            if method != "perceptual" and matched_handoff(study, identity_version):
+                after = init_of("perceptual", seed).uid
+            inits[(method, seed)] = InitJob(uid_of("init", ident), method, seed, ident, after)
+        return inits[(method, seed)]
+
     for scale in study.grid.scale:
         for epochs in study.grid.epochs:
             for seed in study.grid.seed:
                 for init in study.grid.init:
-                    init_uid = None
-                    if init != "random":
-                        key = (init, seed)
-                        if key not in inits:
-                            ident = init_identity(view, identity_version, init, seed + study.stage1.seed_offset)
-                            inits[key] = InitJob(uid_of("init", ident), init, seed, ident)
-                        init_uid = inits[key].uid
+                    init_uid = init_of(init, seed).uid if init != "random" else None
                     ident = run_identity(view, identity_version, init, init_uid, scale, epochs, seed)
                     runs.append(RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
                                        eval_epochs(epochs, study.eval.every), ident))

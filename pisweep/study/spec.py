@@ -9,12 +9,19 @@ import re
 from collections import Counter
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pisweep.data.synth_config import SynthConfig
 from pisweep.study.names import check_text, is_name
+from pisweep.study.recipe import WARMUP_FRACTION, with_recipe
 
 InitMethod = Literal["random", "perceptual", "shuffled"]
+RecipeName = Literal["openclip", "authors"]
+#: Learning-rate schedules (study/schedule.py): "cosine" is open_clip_train's (warmup (step+1)/W, the cosine sized
+#: to the run's optimizer steps); "fork" is the authors' Lightning LambdaLR as it runs (warmup step/W, the cosine
+#: sized to max(10000, 5 W) steps per epoch because the loader's length is unknown when it is built); "fork-sized"
+#: the same lambda sized to the loader's micro-batches x epochs (what the fork's code means when the length is known).
+ScheduleName = Literal["cosine", "fork", "fork-sized"]
 ExecutorName = Literal["local", "slurm"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -31,7 +38,8 @@ class Strict(BaseModel):
 
 
 class ScaleData(Strict):
-    """One data scale: the first shards of ``shards`` that cover ``samples`` samples; an epoch is ``samples``."""
+    """One data scale: shards of ``shards`` that cover ``samples`` samples (which ones: ``data.subset``); an epoch
+    is ``samples``."""
 
     shards: str = Field(description="brace pattern of webdataset shards, e.g. /data/yfcc/{00000..01539}.tar")
     samples: int = Field(gt=0, description="samples per epoch at this scale")
@@ -55,6 +63,11 @@ class DataSpec(Strict):
     train: dict[str, ScaleData] = Field(default_factory=dict, description="scale name -> shards + samples")
     eval_root: str | None = Field(None, description="folder of CLIP_benchmark webdataset task folders")
     synthetic: SyntheticData | None = None
+    # Which shards make a scale of N samples (train/shards.py): "random-shards" takes the pattern's shards in a
+    # seeded random order (``subset_seed``; the same for every arm and seed, so the scales that share a pattern are
+    # nested: the 1M subset lies inside the 3M one); "prefix" takes them in the pattern's order (the download's).
+    subset: Literal["random-shards", "prefix"] = "random-shards"
+    subset_seed: int = Field(0, ge=0)
 
     @field_validator("train")
     @classmethod
@@ -75,12 +88,18 @@ class DataSpec(Strict):
     def scale_names(self) -> list[str]:
         return list(self.synthetic.train_scales) if self.synthetic is not None else list(self.train)
 
+    def samples(self, scale: str) -> int:
+        """Samples per epoch of ``scale``."""
+        return self.synthetic.train_scales[scale] if self.synthetic is not None else self.train[scale].samples
+
 
 class ModelSpec(Strict):
     """An open_clip model by name (e.g. ViT-B-32), or an inline open_clip model config registered as ``name``."""
 
     name: str = "ViT-B-32"  # §1.3: the paper's ViT-B/32
     config: dict[str, Any] | None = None
+    # The learnable temperature's start, ln(1/T); None: the model's own (open_clip: ln(1/0.07), T = 0.07).
+    init_logit_scale: float | None = None
 
     @field_validator("name")
     @classmethod
@@ -92,12 +111,24 @@ class ModelSpec(Strict):
 
 
 class OptimSpec(Strict):
+    """AdamW and its schedule. The warmup is ``warmup_steps`` optimizer steps or ``warmup_fraction`` of the run's
+    steps, one of the two (the recipe gives one; a study that sets either replaces both)."""
+
     lr: float = Field(5e-4, gt=0)  # §1.4 / §1.5: AdamW lr 5e-4
     weight_decay: float = Field(0.1, ge=0)  # §1.4 / §1.5: wd 0.1 (none on biases, norms, embeddings, logit scale)
     betas: tuple[float, float] = (0.9, 0.98)  # §1.4 / §1.5
     eps: float = Field(1e-8, gt=0)  # §1.4 / §1.5
-    warmup_steps: int = Field(ge=0)  # stage-specific default below
+    warmup_steps: int | None = Field(None, ge=0)  # stage-specific defaults below
+    warmup_fraction: float | None = Field(None, ge=0, lt=1)
     min_lr: float = 0.0  # §1.4: cosine to 0
+    schedule: ScheduleName = "cosine"
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "OptimSpec":
+        if (self.warmup_steps is None) == (self.warmup_fraction is None):
+            raise ValueError("give the warmup as warmup_steps or as warmup_fraction (of the run's steps): "
+                             + ("not both" if self.warmup_steps is not None else "neither is set"))
+        return self
 
 
 class Stage1Spec(Strict):
@@ -108,8 +139,31 @@ class Stage1Spec(Strict):
     margin: float = Field(0.05, gt=0)  # §1.4: hinge margin 0.05
     min_votes: int = Field(6, ge=1)  # §2.2: keep rows with votes >= 6
     optim: OptimSpec = OptimSpec(warmup_steps=150)  # §1.4: 150 warmup steps
+    # The epoch stage 2 starts from: "best_val" the lowest NIGHTS val loss (§1.4's checkpoint monitor), "last" the
+    # last epoch (what every stage-2 consumer of the fork loads: last.ckpt), or a fixed epoch. Control inits hand
+    # on the epoch their seed's perceptual init hands on, so every arm gets as many stage-1 updates.
+    handoff: Literal["best_val", "last"] | int = "best_val"
     workers: int = Field(2, ge=0)
     seed_offset: int = 0  # stage-1 seed = run seed + offset (the authors used 42 for one run)
+
+    @field_validator("handoff")
+    @classmethod
+    def _handoff(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise ValueError("a fixed hand-off epoch must be >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _handoff_in_range(self) -> "Stage1Spec":
+        if isinstance(self.handoff, int) and self.handoff > self.epochs:
+            raise ValueError(f"handoff epoch {self.handoff} is after the last stage-1 epoch ({self.epochs})")
+        return self
+
+    def fixed_handoff(self) -> int | None:
+        """The epoch handed on when the rule fixes it in advance ("last" or a number); None under "best_val"."""
+        if isinstance(self.handoff, int):
+            return self.handoff
+        return None if self.handoff == "best_val" else self.epochs
 
 
 class Stage2Spec(Strict):
@@ -120,9 +174,17 @@ class Stage2Spec(Strict):
     # of global_batch_size / accumulation_steps samples over all ranks (the contrastive negatives of one pass) and
     # averages their gradients, as Lightning's accumulate_grad_batches (the fork's preset: 6).
     accumulation_steps: int = Field(1, ge=1)
-    optim: OptimSpec = OptimSpec(warmup_steps=2500)  # §1.5: warmup 2500 steps
+    # As a fraction of the run, the warmup is the same share of training at every scale: §1.5's 4.27 % (a fixed
+    # 2500 steps would be 64 % of a 1M x 32 run and 4 % of a 15M one).
+    optim: OptimSpec = OptimSpec(warmup_fraction=WARMUP_FRACTION)
     grad_clip: float | None = Field(3.0, gt=0)  # §1.5: gradient clipping at 3
+    # Where exp(logit_scale) is held at <= 100: "after_step" clamps the parameter after every optimizer step
+    # (open_clip_train), "in_loss" clamps the value the loss uses and leaves the parameter free (the fork's ClipLoss).
+    logit_scale_clamp: Literal["after_step", "in_loss"] = "after_step"
     augment: bool = True  # §1.5: MoCo-v2/DeCLIP augmentation on by default
+    # RandomResizedCrop's resampling: bicubic (open_clip's and §1.5's eval interpolation) or bilinear (torchvision's
+    # default, which the fork's get_transform uses for training).
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU (§1.5: bf16-mixed)
     workers: int = Field(2, ge=0)
     sample_order: Literal["seeded-shards-v1"] = "seeded-shards-v1"  # how samples are ordered (changes results)
@@ -204,8 +266,11 @@ class WandbSpec(Strict):
 
 
 class Study(Strict):
+    """A study. ``recipe`` names the defaults it starts from (study/recipe.py): each field the file sets wins."""
+
     name: str
     output_root: str
+    recipe: RecipeName = "openclip"
     ledger: str | None = None  # default: <output_root>/ledger.sqlite
     executor: ExecutorSpec = ExecutorSpec()
     data: DataSpec
@@ -215,6 +280,12 @@ class Study(Strict):
     eval: EvalSpec = EvalSpec()
     grid: GridSpec
     wandb: WandbSpec = WandbSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe(cls, data: Any, info: ValidationInfo) -> Any:
+        version = (info.context or {}).get("identity_version")
+        return with_recipe(data, version) if isinstance(data, dict) else data
 
     @field_validator("name")
     @classmethod

@@ -1,7 +1,8 @@
 """What to run next, given the plan and the ledger's snapshot. Pure: the executors act on its answer.
 
-A stage-1 init runs when it is not completed; a stage-2 run when its init is completed (or it needs none); an
-init that failed past the retry budget blocks its runs, with the reason. An eval is due for every evaluated epoch
+A stage-1 init runs when it is not completed (a control that hands on its seed's perceptual epoch, once that
+init is completed); a stage-2 run when its init is completed (or it needs none); an init that failed past the
+retry budget blocks its runs (and the controls that wait for it), with the reason. An eval is due for every evaluated epoch
 whose weights file exists and whose task has no result yet.
 """
 from __future__ import annotations
@@ -20,14 +21,15 @@ if TYPE_CHECKING:
 @dataclass
 class Work:
     inits: list[InitJob] = field(default_factory=list)
+    inits_waiting: list[InitJob] = field(default_factory=list)  # for the init they take their hand-off from
     runs: list[RunJob] = field(default_factory=list)  # ready now
     waiting: list[RunJob] = field(default_factory=list)  # their init is not completed yet
-    blocked: dict[str, str] = field(default_factory=dict)  # run uid -> reason
+    blocked: dict[str, str] = field(default_factory=dict)  # run or init uid -> reason
     failed: dict[str, str] = field(default_factory=dict)  # job uid -> reason (retry budget spent)
     evals: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # run uid -> [(epoch, task)]
 
     def empty(self) -> bool:
-        return not (self.inits or self.runs or self.waiting or self.evals)
+        return not (self.inits or self.inits_waiting or self.runs or self.waiting or self.evals)
 
 
 def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals: bool = False) -> Work:
@@ -43,7 +45,18 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
             work.failed[init.uid] = row.reason or "failed"
         else:
             init_state[init.uid] = "todo"
+    by_uid = {i.uid: i for i in plan.inits}
+    for init in plan.inits:
+        if init_state[init.uid] != "todo":
+            continue
+        if init.after is None or init_state.get(init.after) == "ok":
             work.inits.append(init)
+        elif init_state.get(init.after) == "failed":
+            init_state[init.uid] = "failed"
+            work.blocked[init.uid] = (f"it hands on the epoch of {by_uid[init.after].label}, which failed: "
+                                      f"{work.failed.get(init.after, 'failed')}")
+        else:
+            work.inits_waiting.append(init)
     for run in plan.runs:
         row = snap.jobs.get(run.uid)
         state = row.state if row else "planned"
@@ -55,7 +68,7 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
             elif init_state.get(run.init_uid) == "failed":
                 init_row = snap.jobs.get(run.init_uid)
                 work.blocked[run.uid] = (f"init {init_row.label if init_row else run.init_uid} failed: "
-                                         f"{work.failed.get(run.init_uid, 'failed')}")
+                                         f"{work.failed.get(run.init_uid) or work.blocked.get(run.init_uid, 'failed')}")
             else:
                 work.waiting.append(run)
         have = snap.weights.get(run.uid, set())

@@ -38,11 +38,11 @@ def nights_transform(size: int, mean: Sequence[float] = OPENAI_DATASET_MEAN,
 
 
 def declip_train_transform(size: int, mean: Sequence[float] = OPENAI_DATASET_MEAN,
-                           std: Sequence[float] = OPENAI_DATASET_STD) -> T.Compose:
-    """Stage 2 training augmentation (§1.5)."""
+                           std: Sequence[float] = OPENAI_DATASET_STD, interpolation: str = "bicubic") -> T.Compose:
+    """Stage 2 training augmentation (§1.5); ``interpolation``: RandomResizedCrop's (stage2.interpolation)."""
     return T.Compose([
         T.Lambda(_rgb),
-        T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=InterpolationMode(interpolation)),
         T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         T.RandomGrayscale(p=0.2),
         T.RandomApply([PILGaussianBlur(0.1, 2.0)], p=0.5),

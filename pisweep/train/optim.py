@@ -1,11 +1,10 @@
-"""AdamW with the paper's parameter groups, and the cosine schedule with linear warmup (§1.4, §1.5).
+"""AdamW with the paper's parameter groups (§1.4, §1.5), and setting the learning rate before a step.
 
-The schedule is a pure function of the step, so a resume state needs only the step number, and the learning
-rate is set on the optimizer before every step (no scheduler object whose state could drift).
+The schedule is a pure function of the step (study/schedule.py), so a resume state needs only the step number, and
+the learning rate is set on the optimizer before every step (no scheduler object whose state could drift).
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
@@ -44,20 +43,6 @@ def build_adamw(named: Iterable[tuple[str, torch.nn.Parameter]], optim: OptimSpe
     if fused is None:
         fused = bool(params) and all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused)
-
-
-def cosine_lr(step: int, total_steps: int, optim: OptimSpec) -> float:
-    """Learning rate of (0-based) ``step``: linear warmup to lr over warmup_steps, then cosine to min_lr.
-
-    Same shape as open_clip_train's cosine schedule: (step+1)/warmup during warmup, then
-    min_lr + 0.5 (1 + cos(pi e / es)) (lr - min_lr) with e = step - warmup, es = total - warmup.
-    """
-    warmup = optim.warmup_steps
-    if step < warmup:
-        return optim.lr * (step + 1) / warmup
-    span = max(total_steps - warmup, 1)
-    progress = min(max(step - warmup, 0) / span, 1.0)
-    return optim.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (optim.lr - optim.min_lr)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

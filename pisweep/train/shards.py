@@ -1,8 +1,10 @@
 """Stage-2 data: which webdataset shards make up a scale (the manifest), and where each sample lies in them.
 
-A scale of N samples is the first shards of the brace pattern, in order, that cover N; the last one is used only
-up to what is needed, so the scale holds exactly N distinct samples (an epoch is N // global batch batches of
-them; see loader.py). Shard sizes come from ``sizes.json`` next to the shards (webdataset/open_clip), from
+A scale of N samples is the shards of the brace pattern that cover N, taken in the order of ``data.subset``:
+"random-shards" orders them by a seeded hash of each shard's name (``<folder>/<file>``, so a new mount moves
+nothing), the same for every arm and seed, so that scales over one pattern are nested (the 1M subset lies inside
+the 3M one); "prefix" keeps the pattern's order (the download's). The last shard is used only up to what is needed,
+so the scale holds exactly N distinct samples (an epoch is N // global batch batches of them; see loader.py). Shard sizes come from ``sizes.json`` next to the shards (webdataset/open_clip), from
 img2dataset's ``<shard>_stats.json`` ("successes"), or by indexing the tar.
 
 Samples are read by random access (tarindex.py gives each member's byte range), which is what lets the sample
@@ -38,10 +40,15 @@ class Manifest:
     pattern: str
     samples: int
     shards: tuple[ShardUse, ...]
+    subset: str = "prefix"
+    subset_seed: int = 0
 
     def to_json(self) -> dict:
-        return {"pattern": self.pattern, "samples": self.samples,
-                "shards": [{"path": s.path, "size": s.size, "used": s.used} for s in self.shards]}
+        out = {"pattern": self.pattern, "samples": self.samples,
+               "shards": [{"path": s.path, "size": s.size, "used": s.used} for s in self.shards]}
+        if self.subset != "prefix":  # (a prefix manifest keeps the digest it had before subsets had a rule)
+            out["subset"] = {"rule": self.subset, "seed": self.subset_seed}
+        return out
 
     @property
     def digest(self) -> str:
@@ -51,15 +58,28 @@ class Manifest:
         atomic_write_json(path, {**self.to_json(), "sha256": self.digest})
 
 
-def plan_manifest(pattern: str, samples: int, index_cache: Path | None = None) -> Manifest:
-    """The first shards of ``pattern`` that cover ``samples`` (raises TrainingError when they do not).
+def subset_order(paths: list[str], subset: str, seed: int) -> list[str]:
+    """The order a scale takes the shards of its pattern in (see the module docstring)."""
+    if subset == "prefix":
+        return list(paths)
+    if subset != "random-shards":
+        raise TrainingError(f"unknown data.subset {subset!r}; expected random-shards or prefix")
 
-    A shard that no sizes file describes is counted by indexing it (cached in ``index_cache``)."""
+    def key(path: str) -> str:
+        p = Path(path)
+        return hashlib.sha256(f"{seed}/{p.parent.name}/{p.name}".encode()).hexdigest()
+    return sorted(paths, key=key)
+
+
+def plan_manifest(pattern: str, samples: int, index_cache: Path | None = None, subset: str = "prefix",
+                  subset_seed: int = 0) -> Manifest:
+    """The shards of ``pattern`` that cover ``samples``, in the order of ``subset`` (raises TrainingError when they
+    do not). A shard that no sizes file describes is counted by indexing it (cached in ``index_cache``)."""
     declared = DeclaredSizes()
     indexes = IndexCache(index_cache)
     chosen: list[ShardUse] = []
     covered = 0
-    paths = expand_shards(pattern)
+    paths = subset_order(expand_shards(pattern), subset, subset_seed)
     for path in paths:
         size = declared.of(path)
         if size is None:
@@ -70,7 +90,7 @@ def plan_manifest(pattern: str, samples: int, index_cache: Path | None = None) -
         chosen.append(ShardUse(path, size, used))
         covered += used
         if covered >= samples:
-            return Manifest(pattern, samples, tuple(chosen))
+            return Manifest(pattern, samples, tuple(chosen), subset, subset_seed)
     raise TrainingError(f"shards {pattern!r} hold {covered} samples, fewer than the {samples} asked for")
 
 

@@ -3,12 +3,15 @@
 Distance d(a, b) = 1 - cos of the L2-normalized projected image embeddings (``encode_image``); with
 d0 = d(ref, left), d1 = d(ref, right) and target t (1: right is closer), the loss is the authors' hinge
 mean(relu(margin - (2t - 1)(d0 - d1))). AdamW + cosine/warmup per step, no augmentation. After every epoch:
-val loss and DreamSim's 2AFC score on val and the two test subsets; the epoch with the lowest val loss (the
-authors' checkpoint monitor) is kept as ``init.pt``.
+val loss and DreamSim's 2AFC score on val and the two test subsets. The epoch stage 2 starts from is kept as
+``init.pt`` (stage1.handoff): the one with the lowest val loss (the authors' checkpoint monitor), the last (what
+the fork's stage 2 loads), or a fixed one; training stops at a fixed epoch (the schedule is the full run's, so the
+weights are those a longer run has there). ``handoff.json`` beside it says which epoch it holds.
 
 The "shuffled" method is the control: the same training with the train votes permuted by a seed derived
 from the job's seed. Its val votes are permuted too, so that choosing the epoch does not use human
-judgments either; the reported 2AFC scores always use the real votes.
+judgments either; the reported 2AFC scores always use the real votes. A control hands on the epoch its seed's
+perceptual init handed on (read from that init's ``handoff.json``: ``handoff_from``), so both get as many updates.
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pisweep.atomic import atomic_write_json
 from pisweep.errors import TrainingError
 from pisweep.job.context import JobContext, Preempted
 from pisweep.job.paths import JobPaths
 from pisweep.models import create_model
+from pisweep.study.schedule import make_schedule, stage1_steps_per_epoch
 from pisweep.study.spec import Study
 from pisweep.train.augment import model_image_size, model_mean_std, nights_transform
 from pisweep.train.checkpoint import load_resume, save_resume, save_weights
@@ -37,7 +42,7 @@ from pisweep.train.determinism import (
 )
 from pisweep.train.epoch_report import replay_unreported
 from pisweep.train.loader import make_loader
-from pisweep.train.optim import build_adamw, cosine_lr, set_lr
+from pisweep.train.optim import build_adamw, set_lr
 from pisweep.train.runtime import autocast, setup_device
 
 METHODS = ("perceptual", "shuffled")
@@ -82,20 +87,39 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
 
 
 def run_stage1(ctx: JobContext, study: Study, method: str, seed: int, nights_root: Path,
-               device: str = "cpu") -> Path:
-    """Train one perceptual (or shuffled-vote) init; return the path of ``<ctx.folder>/init.pt``."""
+               device: str = "cpu", handoff_from: Path | None = None) -> Path:
+    """Train one perceptual (or shuffled-vote) init; return the path of ``<ctx.folder>/init.pt``.
+    ``handoff_from``: the folder of the init whose hand-off epoch this one hands on."""
     if method not in METHODS:
         raise TrainingError(f"unknown stage-1 method {method!r}; expected one of {METHODS}")
-    return _Stage1(ctx, study, method, seed, Path(nights_root), device).run()
+    epoch = handed_on_epoch(handoff_from) if handoff_from is not None else study.stage1.fixed_handoff()
+    if epoch is not None and not 1 <= epoch <= study.stage1.epochs:
+        raise TrainingError(f"hand-off epoch {epoch} is not one of stage 1's epochs 1..{study.stage1.epochs}")
+    return _Stage1(ctx, study, method, seed, Path(nights_root), device, epoch).run()
+
+
+def handed_on_epoch(folder: Path) -> int:
+    """The epoch the init in ``folder`` handed on (its ``handoff.json``)."""
+    import json
+
+    path = JobPaths(folder).handoff
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"this control hands on the epoch of the init in {folder}, but its {path.name} is "
+                            f"not readable ({exc}): that init has not completed") from exc
 
 
 class _Stage1:
-    def __init__(self, ctx: JobContext, study: Study, method: str, seed: int, root: Path, device: str):
+    def __init__(self, ctx: JobContext, study: Study, method: str, seed: int, root: Path, device: str,
+                 handoff_epoch: int | None = None):
         from pisweep.data import nights  # written beside this module; imported late so this module imports alone
 
         if ctx.world_size > 1:
             raise TrainingError(f"job {ctx.uid}: stage 1 runs on one rank (it is small), not {ctx.world_size}")
         self.ctx, self.s1, self.method = ctx, study.stage1, method
+        self.handoff_epoch = handoff_epoch  # None: the epoch with the lowest val loss
+        self.last_epoch = handoff_epoch or self.s1.epochs  # training stops after the epoch it hands on
         self.seed = seed + self.s1.seed_offset
         self.dev = setup_device(device)
         self.folder = Path(ctx.folder)
@@ -116,13 +140,15 @@ class _Stage1:
                                                          vote_shuffle_seed(self.seed, "val")).targets
                                    if shuffled else self.eval_ds["val"].targets)
         self.batch = min(self.s1.global_batch_size, len(self.train_ds))
-        self.per_epoch = math.ceil(len(self.train_ds) / self.batch)
-        self.total_steps = self.per_epoch * self.s1.epochs
+        self.per_epoch = stage1_steps_per_epoch(len(self.train_ds), self.batch)
+        self.schedule = make_schedule(self.s1.optim, self.per_epoch, self.s1.epochs)
         visual = [(f"visual.{n}", p) for n, p in self.model.visual.named_parameters()]
         self.optimizer = build_adamw(visual, self.s1.optim)
         self.fingerprint = {"model": study.model.name, "config": study.model.config, "method": method,
                             "seed": self.seed, "epochs": self.s1.epochs, "batch": self.batch,
                             "train_triplets": len(self.train_ds), "min_votes": self.s1.min_votes}
+        if handoff_epoch is not None:  # (absent under best_val: resume states written before the option stay valid)
+            self.fingerprint["handoff_epoch"] = handoff_epoch
         self.epoch, self.batch_in_epoch, self.step = 1, 0, 0
         self.loss_sum, self.loss_n = 0.0, 0
         self.best: dict[str, Any] | None = None
@@ -164,7 +190,7 @@ class _Stage1:
 
     # ---- loop -------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        while not self.finished and self.epoch <= self.s1.epochs:
+        while not self.finished and self.epoch <= self.last_epoch:
             self._train_epoch()
             self._end_epoch()
         if not self.finished:
@@ -172,6 +198,11 @@ class _Stage1:
             self._save_resume()
         if self.best is None or not self.init_path.exists():
             raise TrainingError(f"stage 1 in {self.folder} finished without an init checkpoint")
+        if self.ctx.rank == 0:
+            rule = self.s1.handoff if self.handoff_epoch is None or self.s1.handoff != "best_val" else "matched"
+            atomic_write_json(JobPaths(self.folder).handoff, {"epoch": self.best["epoch"], "rule": rule,
+                                                              "val_loss": self.best["val_loss"],
+                                                              "sha256": self.best["sha256"]})
         self.ctx.emit("init_selected", epoch=self.best["epoch"], path=str(self.init_path),
                       val_loss=self.best["val_loss"], kind="init", sha256=self.best["sha256"],
                       bytes=self.best["bytes"])
@@ -185,7 +216,7 @@ class _Stage1:
             self._preempt()
         for ref, left, right, target in self.loader:
             ref, left, right, target = (x.to(self.dev, non_blocking=True) for x in (ref, left, right, target))
-            lr = cosine_lr(self.step, self.total_steps, self.s1.optim)
+            lr = self.schedule.lr_at(self.step)
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.dev, "auto"):
@@ -247,13 +278,15 @@ class _Stage1:
         e = self.epoch
         metrics = {"train_loss": self.loss_sum / max(self.loss_n, 1), **self.evaluate()}
         val_loss = metrics.get("val_loss", float("nan"))
-        if math.isfinite(val_loss) and (self.best is None or val_loss < self.best["val_loss"]):
+        chosen = e == self.handoff_epoch if self.handoff_epoch is not None else \
+            math.isfinite(val_loss) and (self.best is None or val_loss < self.best["val_loss"])
+        if chosen:
             sha, nbytes = save_weights(self.init_path, e, self.model) if self.ctx.rank == 0 else ("", 0)
             self.best = {"epoch": e, "val_loss": val_loss, "sha256": sha, "bytes": nbytes}
         self.unreported = {"epoch": e, "step": self.step, "metrics": metrics}
         self.epoch, self.batch_in_epoch, self.loss_sum, self.loss_n = e + 1, 0, 0.0, 0
         self.ctx.epoch = e
-        self.finished = self.epoch > self.s1.epochs
+        self.finished = self.epoch > self.last_epoch
         self._save_resume()  # first the state that ends the epoch, then its report (train/epoch_report.py)
         self.ctx.emit("epoch_done", **self.unreported)
         self.unreported = None

@@ -29,19 +29,20 @@ from pisweep.errors import TrainingError
 from pisweep.job.context import JobContext, Preempted
 from pisweep.job.paths import JobPaths
 from pisweep.models import create_model, unwrap, write_model_config
+from pisweep.study.schedule import stage2_global_batch, stage2_schedule
 from pisweep.study.spec import Study
 from pisweep.train.augment import declip_train_transform, model_image_size, model_mean_std
 from pisweep.train.checkpoint import load_resume, save_resume, save_weights
 from pisweep.train.determinism import capture_rng_state, restore_rng_state, seed_everything
 from pisweep.train.epoch_report import replay_unreported
 from pisweep.train.loader import EpochBatchSampler, ShardDataset, make_loader
-from pisweep.train.optim import build_adamw, cosine_lr, set_lr
+from pisweep.train.optim import build_adamw, set_lr
 from pisweep.train.runtime import any_rank, autocast, distributed, rank0_first, setup_device
 from pisweep.train.shards import build_table, plan_manifest
 from pisweep.train.tracking import Tracker
 
 RESUME_EVERY_S = 600.0  # when stage2.checkpoint_every_steps is None: a resume state about every 10 minutes
-MAX_LOGIT_SCALE = math.log(100)  # open_clip_train clamps the learnable temperature at 100 after each step
+MAX_LOGIT_SCALE = math.log(100)  # exp(logit_scale) <= 100: open_clip_train's clamp, and the fork's (in its loss)
 VISION_INITS = ("perceptual", "shuffled")
 log = logging.getLogger("pisweep.train")
 
@@ -49,7 +50,8 @@ log = logging.getLogger("pisweep.train")
 def build_model(study: Study, init: str, init_weights: Path | None, seed: int):
     """The stage-2 model on the CPU: seeded open_clip init, then the init's vision tower for PI arms."""
     seed_everything(seed)
-    model, _, preprocess_val, tokenizer = create_model(study.model.name, study.model.config, device="cpu")
+    model, _, preprocess_val, tokenizer = create_model(study.model.name, study.model.config, device="cpu",
+                                                       init_logit_scale=study.model.init_logit_scale)
     if init in VISION_INITS:
         if init_weights is None:
             raise TrainingError(f"init {init!r} needs init_weights (the stage-1 init.pt)")
@@ -79,12 +81,14 @@ def load_visual(model: torch.nn.Module, path: Path) -> None:
 def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: ClipLoss,
                      optimizer: torch.optim.Optimizer, images: torch.Tensor, texts: torch.Tensor,
                      dev: torch.device, precision: str, grad_clip: float | None,
-                     accumulation: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                     accumulation: int = 1, clamp: str = "after_step") -> tuple[torch.Tensor, torch.Tensor]:
     """One stage-2 optimizer step: per micro-batch (``accumulation`` equal, contiguous parts of this rank's batch)
     a forward under the run's autocast, ClipLoss over that micro-batch (its negatives), and a backward of loss /
-    accumulation, the ranks' gradients reduced once, after the last; then gradient clipping, AdamW, logit-scale
-    clamp. ``net`` is what runs forward (the DDP wrapper with several ranks), ``model`` the bare model. Returns the
-    mean loss over the micro-batches and the logit scale, detached and still on the device: no host sync."""
+    accumulation, the ranks' gradients reduced once, after the last; then gradient clipping, AdamW, and the
+    temperature held at exp(logit_scale) <= 100: ``clamp`` "after_step" clamps the parameter after the step,
+    "in_loss" the value the loss uses. ``net`` is what runs forward (the DDP wrapper with several ranks), ``model``
+    the bare model. Returns the mean loss over the micro-batches and the logit scale the loss used, detached and
+    still on the device: no host sync."""
     optimizer.zero_grad(set_to_none=True)
     parts = list(zip(images.chunk(accumulation), texts.chunk(accumulation)))
     total = None
@@ -93,6 +97,8 @@ def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: Clip
         with (contextlib.nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync()):
             with autocast(dev, precision):
                 image_f, text_f, scale = net(im, tx)
+                if clamp == "in_loss":
+                    scale = scale.clamp(max=math.exp(MAX_LOGIT_SCALE))
                 loss = loss_fn(image_f, text_f, scale)
             (loss / accumulation if accumulation > 1 else loss).backward()
         total = loss.detach() if total is None else total + loss.detach()
@@ -100,8 +106,9 @@ def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: Clip
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    with torch.no_grad():
-        unwrap(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    if clamp == "after_step":
+        with torch.no_grad():
+            unwrap(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return loss.detach(), scale.detach()
 
 
@@ -127,10 +134,11 @@ class _Stage2:
         self.paths = JobPaths(self.folder)
         self.resume_path = self.paths.resume_state
         index_cache = Path(study.output_root) / "cache" / "shard-index"  # shared by the runs of a study
-        self.manifest = rank0_first(ctx.rank, lambda: plan_manifest(shards, samples, index_cache))
+        self.manifest = rank0_first(ctx.rank, lambda: plan_manifest(shards, samples, index_cache, study.data.subset,
+                                                                    study.data.subset_seed))
         if ctx.rank == 0:
             self.manifest.write(self.paths.manifest)
-        self.global_batch = min(self.s2.global_batch_size, samples)
+        self.global_batch = stage2_global_batch(self.s2, samples)
         self.fingerprint = {"model": study.model.name, "config": study.model.config, "init": init,
                             "seed": seed, "epochs": epochs, "global_batch": self.global_batch,
                             "sample_order": self.s2.sample_order, "manifest": self.manifest.digest,
@@ -155,7 +163,8 @@ class _Stage2:
         self.start_step = self.step
         size = model_image_size(model)
         mean, std = model_mean_std(model)
-        transform = declip_train_transform(size, mean, std) if self.s2.augment else preprocess_val
+        transform = declip_train_transform(size, mean, std, self.s2.interpolation) if self.s2.augment \
+            else preprocess_val
         table = rank0_first(ctx.rank, lambda: build_table(self.manifest, index_cache))
         accumulation = self.s2.accumulation_steps
         if self.global_batch % (ctx.world_size * accumulation):
@@ -168,7 +177,10 @@ class _Stage2:
         self.loader = make_loader(dataset, self.sampler, self.s2.workers, pin_memory=self.dev.type == "cuda",
                                   seed=seed)
         self.per_epoch = self.sampler.batches_per_epoch
-        self.total_steps = self.per_epoch * epochs
+        self.schedule = stage2_schedule(self.s2, samples, epochs)  # what `pisweep plan` shows
+        if self.schedule.steps_per_epoch != self.per_epoch:
+            raise TrainingError(f"job {ctx.uid}: {self.per_epoch} steps per epoch, but the plan's schedule has "
+                                f"{self.schedule.steps_per_epoch}")
         self.net = self.model
         if distributed():
             ids = None
@@ -340,10 +352,11 @@ class _Stage2:
     def _train_step(self, images: torch.Tensor, texts: torch.Tensor) -> None:
         images = images.to(self.dev, non_blocking=True)
         texts = texts.to(self.dev, non_blocking=True)
-        lr = cosine_lr(self.step, self.total_steps, self.s2.optim)
+        lr = self.schedule.lr_at(self.step)
         set_lr(self.optimizer, lr)
         loss, scale = contrastive_step(self.net, self.model, self.loss_fn, self.optimizer, images, texts,
-                                       self.dev, self.s2.precision, self.s2.grad_clip, self.s2.accumulation_steps)
+                                       self.dev, self.s2.precision, self.s2.grad_clip, self.s2.accumulation_steps,
+                                       self.s2.logit_scale_clamp)
         self.step += 1
         self.batch += 1
         self.ctx.step = self.step
@@ -357,7 +370,7 @@ class _Stage2:
     def _end_epoch(self, rate: float) -> None:
         e = self.epoch
         metrics = {"train_loss": self.loss_sum / max(self.loss_n, 1),
-                   "lr": cosine_lr(max(self.step - 1, 0), self.total_steps, self.s2.optim),
+                   "lr": self.schedule.lr_at(max(self.step - 1, 0)),
                    "logit_scale": self.last_scale, "samples_per_s": rate}
         self._check_sync()
         if e in self.weights_epochs:
