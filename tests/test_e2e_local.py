@@ -20,9 +20,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def study_file(tmp_path_factory):
-    """experiments/ci.yaml with its outputs moved into a temp folder; shared by the tests of this module."""
+    """experiments/ci.yaml with its outputs moved into a temp folder and the shuffled control added (its init waits
+    for the perceptual one, whose epoch it hands on); shared by the tests of this module."""
     tmp = tmp_path_factory.mktemp("e2e")
     spec = yaml.safe_load((ROOT / "experiments/ci.yaml").read_text())
+    spec["grid"]["init"] = ["random", "perceptual", "shuffled"]
     spec["output_root"] = str(tmp / "out")
     spec["data"]["synthetic"]["root"] = str(tmp / "data")
     path = tmp / "ci.yaml"
@@ -67,28 +69,35 @@ def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
             assert cell["epoch"] == cell["epochs"] == 2 and cell["attempts"] == 1
             assert cell["main_metric"]["task"] == "imagenet1k" and cell["main_metric"]["epoch"] == 2
             assert cell["evals"].get("done") == 2 * 6 and cell["evals"].get("missing_data") == 2 * 25
-    # An init cell shows the NIGHTS val 2AFC of the epoch it handed on (its lowest validation loss).
+    # An init cell shows the NIGHTS val 2AFC of the epoch it handed on: the perceptual init's lowest validation
+    # loss, which the shuffled control hands on too (stage1.handoff best_val, matched).
     out = Path(yaml.safe_load(study_file.read_text())["output_root"])
     led = Ledger(out / "ledger.sqlite")
+    inits = {c["label"]: c for c in status["cells"] if c["kind"] == "init"}
+    assert set(inits) == {"init-perceptual-s0", "init-shuffled-s0"}
     with led.engine.connect() as conn:
-        for cell in (c for c in status["cells"] if c["kind"] == "init"):
-            losses = dict(conn.execute(select(t.metrics.c.epoch, t.metrics.c.value).where(
-                t.metrics.c.job_uid == cell["uid"], t.metrics.c.metric == "val_loss")).all())
-            best = min(losses, key=lambda e: (losses[e], e))
+        losses = dict(conn.execute(select(t.metrics.c.epoch, t.metrics.c.value).where(
+            t.metrics.c.job_uid == inits["init-perceptual-s0"]["uid"], t.metrics.c.metric == "val_loss")).all())
+        best = min(losses, key=lambda e: (losses[e], e))
+        for cell in inits.values():
             value = conn.execute(select(t.metrics.c.value).where(
                 t.metrics.c.job_uid == cell["uid"], t.metrics.c.epoch == best,
                 t.metrics.c.metric == "nights_val_2afc")).scalar_one()
             assert cell["main_metric"] == {"task": "nights", "metric": "val_2afc", "epoch": best, "value": value}
-            # The perceptual run's epoch 0 (its starting weights) scores what stage 1 scored on the epoch it handed
-            # on: the same vision tower on the same triplets (both in fp32 on the CPU).
+            # The run's epoch 0 (its starting weights) scores what stage 1 scored on the epoch it handed on: the
+            # same vision tower on the same triplets (both in fp32 on the CPU).
             handed = dict(conn.execute(select(t.metrics.c.metric, t.metrics.c.value).where(
                 t.metrics.c.job_uid == cell["uid"], t.metrics.c.epoch == best,
                 t.metrics.c.metric.like("nights_%"))).all())
-            run = next(c for c in status["cells"] if c["label"] == cell["label"].replace("init-perceptual-s",
-                                                                                         "perceptual-tiny-e2-s"))
+            arm = cell["label"].removeprefix("init-").split("-s")[0]
+            run = next(c for c in status["cells"] if c["label"] == f"{arm}-tiny-e2-s0")
             start = dict(conn.execute(select(t.metrics.c.metric, t.metrics.c.value).where(
                 t.metrics.c.job_uid == run["uid"], t.metrics.c.epoch == 0, t.metrics.c.task == "nights_2afc")).all())
             assert len(start) == 4 and start == handed
+        # every run of the scale trained on one manifest: the same seeded subset for every arm
+        digests = {json.loads((out / "runs" / c["uid"] / "data" / "manifest.json").read_text())["sha256"]
+                   for c in status["cells"] if c["kind"] == "train"}
+        assert len(digests) == 1
     led.close()
 
 
@@ -97,7 +106,7 @@ def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):
     led = Ledger(out / "ledger.sqlite")
     with led.engine.connect() as conn:
         runs = conn.execute(select(t.jobs.c.uid).where(t.jobs.c.kind == "train")).scalars().all()
-        assert len(runs) == 2
+        assert len(runs) == 3
         for uid in runs:
             for epoch in (1, 2):
                 tasks = conn.execute(select(t.metrics.c.task, func.count()).where(
@@ -109,7 +118,7 @@ def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):
                 assert len([k for k in counts if k != "nights_2afc"]) == 6
         weights = conn.execute(select(t.checkpoints.c.path).where(t.checkpoints.c.kind == "weights")).scalars().all()
     led.close()
-    assert len(weights) == 6  # epochs 0 (the starting weights, for NIGHTS), 1 and 2 of both runs
+    assert len(weights) == 9  # epochs 0 (the starting weights, for NIGHTS), 1 and 2 of the three runs
     # A weights file loads with open_clip in a fresh process (the inline config lies next to it).
     code = ("import sys, open_clip; from pathlib import Path; p=Path(sys.argv[1]);"
             "open_clip.add_model_config(p.parent / 'pisweep-tiny.json');"
@@ -127,10 +136,10 @@ def test_second_submit_does_nothing(submitted, study_file, capsys):
     assert sorted(p.name for p in out.rglob("events/*.json")) == before
 
 
-def test_report_has_both_arms_delta_and_plot(submitted, capsys):
+def test_report_has_the_arms_deltas_and_plot(submitted, capsys):
     rep = cli_json("report", "ci", capsys=capsys)
     main_curve = next(c for c in rep["curves"] if c["task"] == "imagenet1k")
-    assert main_curve["arms"] == ["random", "perceptual"]
+    assert main_curve["arms"] == ["random", "perceptual", "shuffled"]
     assert [r["epoch"] for r in main_curve["rows"]] == [1, 2]
     row = main_curve["rows"][-1]
     assert row["delta_perceptual"] == pytest.approx(row["perceptual"] - row["random"])

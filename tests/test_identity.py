@@ -119,11 +119,11 @@ def test_a_ledger_made_at_identity_v1_keeps_its_runs(tmp_path):
 def test_defaults_are_not_hashed(tmp_path):
     plain = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar")
     explicit = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", global_batch_size=8192,
-                               optim={"warmup_fraction": 0.0427, "lr": 5e-4})
+                               optim={"warmup_fraction": 0.04267, "lr": 5e-4})
     assert uids(make_plan(plain)) == uids(make_plan(explicit))
     run = make_plan(plain).runs[0]
     assert run.identity["stage2"] == {} and run.identity["model"] == {} and run.identity["identity"] == 3
-    other = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", optim={"warmup_fraction": 0.0427, "lr": 1e-3})
+    other = real_data_study(tmp_path, "/mnt/a/yfcc/{00000..00009}.tar", optim={"warmup_fraction": 0.04267, "lr": 1e-3})
     assert set(uids(make_plan(other))).isdisjoint({r.uid for r in make_plan(plain).runs})
 
 

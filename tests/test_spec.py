@@ -41,7 +41,7 @@ def test_good_file_loads_with_authors_defaults_and_paths_relative_to_the_file(tm
     assert study.data.synthetic.root == str(tmp_path / "data")
     assert study.stage1.optim.warmup_steps == 150 and study.stage1.global_batch_size == 768
     assert study.stage1.margin == 0.05
-    assert study.stage2.optim.warmup_fraction == 0.0427 and study.stage2.optim.warmup_steps is None
+    assert study.stage2.optim.warmup_fraction == 0.04267 and study.stage2.optim.warmup_steps is None
     assert study.stage2.grad_clip == 3.0
     assert study.stage2.optim.betas == (0.9, 0.98) and study.stage2.optim.eps == 1e-8
     assert study.executor.name == "local"

@@ -195,3 +195,64 @@ def test_preempted_stage1_resumes_to_the_same_init(tmp_path, nights_root, one_th
     again = JobContext(uid="cut", folder=folder)
     assert run_stage1(again, s, "shuffled", 0, nights_root) == cut
     assert len(events(folder, "epoch_done")) == 3 and len(events(folder, "init_selected")) == 2
+
+
+# ---- the hand-off (stage1.handoff) ----------------------------------------------------------------------------
+
+def _scripted(monkeypatch, losses):
+    """Val losses scripted per epoch; returns the weights each epoch ended with."""
+    scripted = iter(losses)
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def fake_evaluate(self):
+        seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        return {"val_loss": next(scripted), "nights_val_2afc": 0.5}
+
+    monkeypatch.setattr(_Stage1, "evaluate", fake_evaluate)
+    return seen
+
+
+def test_handoff_last_best_val_and_a_fixed_epoch(tmp_path, nights_root, monkeypatch):
+    import json
+
+    base = study(epochs=3)
+    seen = _scripted(monkeypatch, [0.5, 0.3, 0.4])
+    best = run_stage1(JobContext(uid="b", folder=tmp_path / "best"), base, "perceptual", 0, nights_root)
+    assert torch.load(best, weights_only=True)["epoch"] == 2
+    assert json.loads((tmp_path / "best" / "handoff.json").read_text())["epoch"] == 2
+    by_epoch = list(seen)
+    for rule, epoch in (("last", 3), (2, 2)):
+        seen = _scripted(monkeypatch, [0.5, 0.3, 0.4])
+        s = base.model_copy(update={"stage1": base.stage1.model_copy(update={"handoff": rule})})
+        folder = tmp_path / f"h{rule}"
+        saved = torch.load(run_stage1(JobContext(uid="h", folder=folder), s, "perceptual", 0, nights_root),
+                           weights_only=True)
+        assert saved["epoch"] == epoch
+        for k, v in by_epoch[epoch - 1].items():  # the weights a full run had there: the same schedule
+            assert torch.equal(saved["state_dict"][k], v), k
+        assert [e["epoch"] for e in events(folder, "epoch_done")] == list(range(1, epoch + 1))  # stops there
+        assert json.loads((folder / "handoff.json").read_text())["rule"] == rule
+
+
+def test_a_control_hands_on_its_seeds_perceptual_epoch(tmp_path, nights_root, monkeypatch):
+    import json
+
+    s = study(epochs=3)
+    _scripted(monkeypatch, [0.5, 0.3, 0.4])
+    run_stage1(JobContext(uid="p", folder=tmp_path / "p"), s, "perceptual", 0, nights_root)
+    _scripted(monkeypatch, [0.1, 0.9, 0.9])  # the control's own best would be epoch 1
+    control = run_stage1(JobContext(uid="c", folder=tmp_path / "c"), s, "shuffled", 0, nights_root,
+                         handoff_from=tmp_path / "p")
+    assert torch.load(control, weights_only=True)["epoch"] == 2  # the perceptual init's epoch: as many updates
+    assert json.loads((tmp_path / "c" / "handoff.json").read_text())["rule"] == "matched"
+    with pytest.raises(TrainingError, match="has not completed"):
+        run_stage1(JobContext(uid="c2", folder=tmp_path / "c2"), s, "shuffled", 0, nights_root,
+                   handoff_from=tmp_path / "nowhere")
+
+
+def test_epoch_batches_keep_or_drop_the_partial_last_batch():
+    from pisweep.train.stage1 import epoch_batches
+
+    kept = epoch_batches(10, 4, seed=0, epoch=1)
+    assert [len(b) for b in kept] == [4, 4, 2] and sorted(sum(kept, [])) == list(range(10))
+    assert epoch_batches(10, 4, seed=0, epoch=1, drop_last=True) == kept[:2]  # the fork's NIGHTS loader

@@ -454,3 +454,51 @@ def test_index_cache_reuses_and_invalidates_and_builds_in_parallel(tmp_path, mon
     make_shards(tmp_path / "shards", [5] * 10, seed=1)  # rewritten in place: new size and mtime
     assert len(cache.get(paths[0])) == 5
     assert len(build_table(plan_manifest(pattern, 50, tmp_path / "cache"), tmp_path / "cache")) == 50
+
+
+# ---- recipes: the scale's shards, the temperature --------------------------------------------------------------
+
+def test_random_shard_subsets_are_seeded_nested_and_follow_names_not_mounts(tmp_path):
+    pattern = make_shards(tmp_path / "a" / "yfcc", [5, 7, 6, 9, 4, 8])
+
+    def names(p: str, n: int, seed: int = 0) -> list[str]:
+        return [Path(s.path).name for s in plan_manifest(p, n, None, "random-shards", seed).shards]
+
+    small, mid, full = names(pattern, 6), names(pattern, 15), names(pattern, 39)
+    assert mid[:len(small)] == small and full[:len(mid)] == mid  # nested: the small scale lies inside the larger
+    assert sorted(full) == [f"{i:05d}.tar" for i in range(6)]
+    assert full != sorted(full)  # not the pattern's order
+    assert names(pattern, 39, seed=1) != full  # the seed decides
+    moved = tmp_path / "b" / "mnt" / "yfcc"
+    moved.parent.mkdir(parents=True)
+    (tmp_path / "a" / "yfcc").rename(moved)
+    assert names(pattern.replace(str(tmp_path / "a"), str(tmp_path / "b" / "mnt")), 15) == mid  # a new mount
+    m = plan_manifest(str(moved / "{00000..00005}.tar"), 15, None, "random-shards", 0)
+    assert m.to_json()["subset"] == {"rule": "random-shards", "seed": 0} and len(build_table(m)) == 15
+    assert "subset" not in plan_manifest(str(moved / "{00000..00005}.tar"), 15).to_json()  # prefix: as before
+
+
+def test_a_logit_scale_init_of_100_reaches_the_model_and_stays_clamped(tmp_path):
+    from open_clip.loss import ClipLoss
+
+    from pisweep.study.recipe import LN_100
+    from pisweep.train.stage2 import contrastive_step
+
+    study = tiny_study(tmp_path, "unused-{0..1}.tar", 8)
+    study = study.model_copy(update={"model": study.model.model_copy(update={"init_logit_scale": LN_100})})
+    model, _, tokenizer = build_model(study, "random", None, seed=0)
+    assert float(model.logit_scale.detach().exp()) == pytest.approx(100.0, abs=1e-3)
+    plain, _, _ = build_model(tiny_study(tmp_path, "unused-{0..1}.tar", 8), "random", None, seed=0)
+    assert float(plain.logit_scale.detach().exp()) == pytest.approx(1 / 0.07, rel=1e-5)  # open_clip's own
+    images, texts = torch.randn(4, 3, 64, 64), tokenizer(["a", "b", "c", "d"])
+    for clamp in ("in_loss", "after_step"):
+        m = copy.deepcopy(model)
+        with torch.no_grad():
+            m.logit_scale.fill_(5.0)  # exp = 148: above the clamp
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        _, used = contrastive_step(m, m, ClipLoss(), opt, images, texts, torch.device("cpu"), "fp32", None, 1,
+                                   clamp)
+        if clamp == "in_loss":  # the fork: the loss sees 100, the parameter is left as it is
+            assert float(used) == pytest.approx(100.0) and float(m.logit_scale.detach()) == 5.0
+        else:  # open_clip_train: the parameter is clamped after the step
+            assert float(m.logit_scale.detach()) == pytest.approx(math.log(100))

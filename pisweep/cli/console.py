@@ -169,17 +169,16 @@ def recipe_tables(data: dict[str, Any]) -> list[Table]:
     for row in data["fields"]:
         fields.add_row(row["field"], *(_plain(row[n]) for n in names))
     steps = Table(title="per scale, at the grid's longest run: optimizer steps, warmup, and the LR at the end of "
-                        "an epoch (share of the peak)", title_justify="left")
-    for col in ("scale", "recipe", "batch", "steps/epoch", "steps", "warmup steps", "warmup epochs", "warmup %",
+                        "epoch N as a share of the peak (--json: the values)", title_justify="left")
+    for col in ("scale", "recipe", "batch", "steps/ep", "steps", "warmup", "warmup ep", "warmup %",
                 *(f"LR ep {e}" for e in data["lr_epochs"])):
         steps.add_column(col, no_wrap=True, justify="left" if col in ("scale", "recipe") else "right")
     for row in data["scales"]:
         for i, n in enumerate(names):
             r = row[n]
-            lrs = [f"{r['lr_after_epoch'][str(e)]:.3g} ({r['lr_after_epoch'][str(e)] / r['lr_peak']:.0%})"
-                   for e in data["lr_epochs"]]
+            lrs = [f"{r['lr_after_epoch'][str(e)] / r['lr_peak']:.1%}" for e in data["lr_epochs"]]
             steps.add_row(f"{row['scale']} ({row['samples']:,} × {row['epochs']})" if i == 0 else "", n,
-                          f"{r['global_batch']:,}", f"{r['optimizer_steps_per_epoch']:,}", f"{r['total_steps']:,}",
+                          str(r["global_batch"]), f"{r['optimizer_steps_per_epoch']:,}", f"{r['total_steps']:,}",
                           f"{r['warmup_steps']:,}", f"{r['warmup_epochs']:.2f}", f"{r['warmup_share']:.1%}", *lrs)
     return [fields, steps]
 

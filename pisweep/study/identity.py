@@ -46,7 +46,7 @@ _V2_FOLDED = {"stage1": frozenset({"seed_offset"})}
 #: its table, identity-v2.json, at these values.)
 _OLD_OPTIM = {"warmup_fraction": None, "schedule": "cosine"}
 _AFTER_V1 = {"model": {"init_logit_scale": None},
-             "stage1": {"handoff": "best_val", "optim": _OLD_OPTIM},
+             "stage1": {"handoff": "best_val", "drop_last": False, "optim": _OLD_OPTIM},
              "stage2": {"accumulation_steps": 1, "logit_scale_clamp": "after_step", "interpolation": "bicubic",
                         "optim": _OLD_OPTIM}}
 

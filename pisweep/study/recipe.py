@@ -21,7 +21,7 @@ from typing import Any
 LN_100 = 4.60517
 
 #: §1.5's 2500 warmup steps as the share of its run they are: 2500 of 58 592 (15M // 8192 steps x 32 epochs).
-WARMUP_FRACTION = 0.0427
+WARMUP_FRACTION = 0.04267
 
 #: What a section that a file gives in part still needs from the recipe (the rest are the spec's defaults).
 OPENCLIP: dict[str, Any] = {
@@ -36,6 +36,8 @@ AUTHORS: dict[str, Any] = {
         # perceptual_init_yfcc15m_vitb32.json init_ckpt_path .../checkpoints/last.ckpt (and nights_ft_from_yfcc.json
         # .../pi/last.ckpt): stage 2 loads the last stage-1 epoch
         "handoff": "last",
+        # src/dataset.py: the NIGHTS train loader (or its DistributedSampler) has drop_last=True
+        "drop_last": True,
         # nights_init_vitb32.json scheduler warmup_steps 150; src/lightning_module.py _get_lr_scheduler (one
         # scheduler for both stages)
         "optim": {"warmup_steps": 150, "schedule": "fork"},

@@ -85,6 +85,7 @@ def stage2_schedule(stage2: Stage2Spec, samples: int, epochs: int) -> Schedule:
     return make_schedule(stage2.optim, steps, epochs, stage2.accumulation_steps)
 
 
-def stage1_steps_per_epoch(triplets: int, global_batch: int) -> int:
-    """Stage 1's optimizer steps per epoch: every triplet once, the last batch partial."""
-    return math.ceil(triplets / max(min(global_batch, triplets), 1))
+def stage1_steps_per_epoch(triplets: int, global_batch: int, drop_last: bool = False) -> int:
+    """Stage 1's optimizer steps per epoch: every triplet once, the last batch partial (or left out)."""
+    batch = max(min(global_batch, triplets), 1)
+    return triplets // batch if drop_last else math.ceil(triplets / batch)

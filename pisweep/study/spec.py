@@ -138,6 +138,7 @@ class Stage1Spec(Strict):
     global_batch_size: int = Field(768, ge=1)  # §1.4: 128 per device x 6 devices
     margin: float = Field(0.05, gt=0)  # §1.4: hinge margin 0.05
     min_votes: int = Field(6, ge=1)  # §2.2: keep rows with votes >= 6
+    drop_last: bool = False  # leave out an epoch's last, partial batch (the fork's NIGHTS loader: drop_last=True)
     optim: OptimSpec = OptimSpec(warmup_steps=150)  # §1.4: 150 warmup steps
     # The epoch stage 2 starts from: "best_val" the lowest NIGHTS val loss (§1.4's checkpoint monitor), "last" the
     # last epoch (what every stage-2 consumer of the fork loads: last.ckpt), or a fixed epoch. Control inits hand

@@ -80,10 +80,11 @@ class _Batches:
         return len(self.batches)
 
 
-def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
-    """Train batches of one epoch: a permutation that is a pure function of (seed, epoch); last one partial."""
+def epoch_batches(n: int, batch: int, seed: int, epoch: int, drop_last: bool = False) -> list[list[int]]:
+    """Train batches of one epoch: a permutation that is a pure function of (seed, epoch); the last one partial,
+    or left out (``drop_last``)."""
     order = rng(seed, epoch, STREAM_NIGHTS_ORDER).permutation(n).tolist()
-    return [order[i:i + batch] for i in range(0, n, batch)]
+    return [order[i:i + batch] for i in range(0, n - batch + 1 if drop_last else n, batch)]
 
 
 def run_stage1(ctx: JobContext, study: Study, method: str, seed: int, nights_root: Path,
@@ -140,7 +141,7 @@ class _Stage1:
                                                          vote_shuffle_seed(self.seed, "val")).targets
                                    if shuffled else self.eval_ds["val"].targets)
         self.batch = min(self.s1.global_batch_size, len(self.train_ds))
-        self.per_epoch = stage1_steps_per_epoch(len(self.train_ds), self.batch)
+        self.per_epoch = stage1_steps_per_epoch(len(self.train_ds), self.batch, self.s1.drop_last)
         self.schedule = make_schedule(self.s1.optim, self.per_epoch, self.s1.epochs)
         visual = [(f"visual.{n}", p) for n, p in self.model.visual.named_parameters()]
         self.optimizer = build_adamw(visual, self.s1.optim)
@@ -209,8 +210,8 @@ class _Stage1:
         return self.init_path
 
     def _train_epoch(self) -> None:
-        self.sampler.batches = epoch_batches(len(self.train_ds), self.batch, self.seed,
-                                             self.epoch)[self.batch_in_epoch:]
+        self.sampler.batches = epoch_batches(len(self.train_ds), self.batch, self.seed, self.epoch,
+                                             self.s1.drop_last)[self.batch_in_epoch:]
         self.model.train()
         if self.ctx.should_stop():
             self._preempt()
