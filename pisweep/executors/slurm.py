@@ -176,6 +176,7 @@ class SlurmExecutor:
         ingest(self.ledger, self.plan.study)
         snap = snapshot(self.ledger, self.plan.study, self.suite_version)
         watched = {uid: snap.jobs[uid] for uid in watched}
+        after = {i.uid: i.after for i in self.plan.inits if i.after}
         changes: dict[str, str] = {}
         for uid, row in watched.items():
             sid = row.scheduler_id
@@ -185,9 +186,10 @@ class SlurmExecutor:
                     cancel([sid])
                 continue
             if q is not None and "DependencyNeverSatisfied" in q[1]:
-                init = snap.jobs.get(row.init_uid) if row.init_uid else None
-                reason = f"its init {init.label if init else row.init_uid} failed" + \
-                    (f": {init.reason}" if init and init.reason else "")
+                dep = row.init_uid or after.get(uid)  # a run's init, or the init a control init waits for
+                init = snap.jobs.get(dep) if dep else None
+                reason = f"its {'init ' if row.init_uid else 'perceptual init '}{init.label if init else dep} " \
+                    f"failed" + (f": {init.reason}" if init and init.reason else "")
                 cancel([sid])  # SLURM would keep it pending forever
                 changes[uid] = "blocked"
                 set_job_state(self.ledger, uid, "blocked", reason)

@@ -2,8 +2,8 @@
 
 A stage-1 init runs when it is not completed (a control that hands on its seed's perceptual epoch, once that
 init is completed); a stage-2 run when its init is completed (or it needs none); an init that failed past the
-retry budget blocks its runs (and the controls that wait for it), with the reason. An eval is due for every evaluated epoch
-whose weights file exists and whose task has no result yet.
+retry budget blocks its runs (and the controls that wait for it), with the reason. An eval is due for every
+evaluated epoch whose weights file exists and whose task has no result yet.
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ A scale of N samples is the shards of the brace pattern that cover N, taken in t
 "random-shards" orders them by a seeded hash of each shard's name (``<folder>/<file>``, so a new mount moves
 nothing), the same for every arm and seed, so that scales over one pattern are nested (the 1M subset lies inside
 the 3M one); "prefix" keeps the pattern's order (the download's). The last shard is used only up to what is needed,
-so the scale holds exactly N distinct samples (an epoch is N // global batch batches of them; see loader.py). Shard sizes come from ``sizes.json`` next to the shards (webdataset/open_clip), from
-img2dataset's ``<shard>_stats.json`` ("successes"), or by indexing the tar.
+so the scale holds exactly N distinct samples (an epoch is N // global batch batches of them; see loader.py).
+Shard sizes come from ``sizes.json`` next to the shards (webdataset/open_clip), from img2dataset's
+``<shard>_stats.json`` ("successes"), or by indexing the tar.
 
 Samples are read by random access (tarindex.py gives each member's byte range), which is what lets the sample
 order be a pure function of (seed, epoch) whatever the number of loader workers.

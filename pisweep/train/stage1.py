@@ -15,6 +15,7 @@ perceptual init handed on (read from that init's ``handoff.json``: ``handoff_fro
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,6 @@ def run_stage1(ctx: JobContext, study: Study, method: str, seed: int, nights_roo
 
 def handed_on_epoch(folder: Path) -> int:
     """The epoch the init in ``folder`` handed on (its ``handoff.json``)."""
-    import json
-
     path = JobPaths(folder).handoff
     try:
         return int(json.loads(path.read_text())["epoch"])

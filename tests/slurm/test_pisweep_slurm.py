@@ -104,7 +104,8 @@ def wait_for_state(cluster, path: Path, label: str, state: str, timeout_s: float
 
 def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tmp_path, synth_root):
     name = f"slurm-ci-{int(time.time())}"  # unique: sacct keeps the jobs of earlier runs under their names
-    path = write_study(tmp_path, synth_root, name)
+    # with the shuffled control: its init is submitted with afterok on the perceptual init, whose epoch it hands on
+    path = write_study(tmp_path, synth_root, name, **{"grid.init": ["random", "perceptual", "shuffled"]})
     assert main(["submit", str(path)]) == 0
     # From here no pisweep command runs: the eval jobs must come from the training jobs themselves.
     def all_done():
@@ -113,10 +114,10 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
         states = [s[-1] for s in jobs.values()]
         if any(s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") for s in states):
             pytest.fail(f"a job ended badly: {jobs}")
-        return jobs if sum(len(v) for v in evals.values()) == 4 and set(states) == {"COMPLETED"} else None
+        return jobs if sum(len(v) for v in evals.values()) == 6 and set(states) == {"COMPLETED"} else None
 
-    jobs = slurm_cluster.wait_until(all_done, 300, "the study's jobs, eval jobs included, to complete")
-    assert sum(".init." in n for n in jobs) == 1 and sum(".train." in n for n in jobs) == 2
+    jobs = slurm_cluster.wait_until(all_done, 420, "the study's jobs, eval jobs included, to complete")
+    assert sum(".init." in n for n in jobs) == 2 and sum(".train." in n for n in jobs) == 3
     # Now pisweep reads what the jobs reported.
     status = reconciled_status(path)
     assert {c["state"] for c in status["cells"]} == {"completed"}, status["cells"]
@@ -124,6 +125,8 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
         if cell["kind"] == "train":
             assert cell["evals"].get("done") == 12 and cell["evals"].get("missing_data") == 50
             assert cell["main_metric"]["epoch"] == 2
+    handed = {c["label"]: c["main_metric"]["epoch"] for c in status["cells"] if c["kind"] == "init"}
+    assert handed["init-shuffled-s0"] == handed["init-perceptual-s0"]  # the control hands on the same epoch
     # A second submit submits nothing.
     before = pisweep_jobs(name)
     assert main(["submit", str(path)]) == 0
@@ -255,6 +258,7 @@ def test_failed_init_blocks_its_runs(slurm_cluster, tmp_path, synth_root):
                     "train": {"tiny": {"shards": str(synth_root / "train/tiny/{00000..00003}.tar"), "samples": 512}}}
     spec["name"] = "slurm-blocked"
     spec["executor"]["max_failures"] = 0
+    spec["grid"]["init"] = ["random", "perceptual", "shuffled"]  # the control's init waits for the perceptual one
     path = tmp_path / "blocked.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert synth  # the synthetic spec was the template
@@ -272,6 +276,9 @@ def test_failed_init_blocks_its_runs(slurm_cluster, tmp_path, synth_root):
     assert slurm_cluster.job_fields(train.scheduler_id).get("JobState") in ("CANCELLED", None, "")
     random_run, _ = job_row(path, "random-tiny-e2-s0")
     assert random_run.state != "blocked"
+    control = wait_for_state(slurm_cluster, path, "init-shuffled-s0", "blocked", 120)
+    assert "init-perceptual-s0" in control.reason
+    assert slurm_cluster.job_fields(control.scheduler_id).get("JobState") in ("CANCELLED", None, "")
 
 
 def test_job_cancelled_outside_pisweep_shows_vanished_and_resume_resubmits(slurm_cluster, tmp_path, synth_root):
