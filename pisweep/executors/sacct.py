@@ -62,7 +62,9 @@ def query(job_ids: list[str], timeout_s: float = 60) -> tuple[dict[str, JobInfo]
     try:
         acct = subprocess.run(["sacct", "--parsable2", "--noheader", "-o", ",".join(FIELDS), "-j", ids],
                               capture_output=True, text=True, timeout=timeout_s)
-        queue = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r", "-j", ids], capture_output=True, text=True,
+        # -r: one line per array element (a pending element is otherwise folded into "<job>_[1-3]", and sacct has
+        # no row for it until it starts: it would look gone)
+        queue = subprocess.run(["squeue", "-r", "-h", "-o", "%i|%T|%r", "-j", ids], capture_output=True, text=True,
                                timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ExecutorError(f"cannot ask SLURM about {len(job_ids)} jobs: {e}") from None

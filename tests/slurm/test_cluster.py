@@ -105,6 +105,25 @@ def test_array_tasks_all_complete(slurm_cluster: SlurmCluster, tmp_path: Path) -
         assert _read(tmp_path / f"task_{i}.out").strip() == f"task={i}"
 
 
+def test_pending_array_elements_are_seen_one_by_one(slurm_cluster: SlurmCluster) -> None:
+    """Four 1-CPU elements on 2 CPUs: two wait. sacct has no row for a pending element and squeue folds them into
+    "<job>_[2-3]" unless asked per element; pisweep's query must see each one (else it looks gone: vanished)."""
+    from pisweep.executors.sacct import query
+
+    job = slurm_cluster.sbatch("--array=0-3", "-c", "1", "-o", "/dev/null", "--wrap", "sleep 60")
+    ids = [f"{job}_{i}" for i in range(4)]
+
+    def two_running():
+        queue = query(ids)[1]
+        return queue if sum(q[0] == "RUNNING" for q in queue.values()) == 2 else None
+
+    queue = slurm_cluster.wait_until(two_running, 60, "two elements running, two pending")
+    acct = query(ids)[0]
+    pending = [i for i in ids if queue.get(i, ("",))[0] == "PENDING"]
+    assert len(pending) == 2 and all(i not in acct for i in pending)  # squeue is the only witness
+    assert set(queue) == set(ids)
+
+
 def test_requeue_then_starttime_now_runs_again(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "requeue.out"
     job = slurm_cluster.sbatch(
