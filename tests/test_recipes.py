@@ -150,3 +150,21 @@ def test_a_control_init_waits_for_and_is_blocked_by_its_perceptual_init(tmp_path
     assert [i.uid for i in work.inits] == [ready.uid] and work.inits_waiting == []
     assert "init-perceptual-s1" in work.blocked[stuck.uid]
     assert any(r.init_uid == stuck.uid for r in plan.runs if r.uid in work.blocked)  # and so are its runs
+
+
+def test_status_says_what_a_control_init_waits_for(tmp_path, monkeypatch, capsys):
+    from pisweep.commands import session as app
+    from pisweep.commands.studyref import resolve
+
+    monkeypatch.setenv("PISWEEP_HOME", str(tmp_path / "home"))
+    path = write(tmp_path)
+    with app.open_session(resolve(str(path))) as s:
+        app.record(s)  # recorded, nothing run
+    capsys.readouterr()
+    assert main(["status", str(path), "--json"]) == 0
+    cells = {c["label"]: c for c in json.loads(capsys.readouterr().out)["cells"]}
+    assert cells["init-shuffled-s1"]["waits_for"] == "init-perceptual-s1"
+    assert cells["init-shuffled-s1"]["hands_on_epoch_of"] == "init-perceptual-s1"
+    assert "waits_for" not in cells["init-perceptual-s1"]
+    assert main(["status", str(path)]) == 0
+    assert "waits for init-perceptual-s0" in capsys.readouterr().out

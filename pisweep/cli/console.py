@@ -134,6 +134,8 @@ def status_table(data: dict[str, Any]) -> Table:
         note = ""
         if c["state"] in ("failed", "blocked") and c.get("reason"):
             note = c["reason"] + (f"  (log: {c['log']})" if c.get("log") else "")
+        elif c.get("waits_for"):
+            note = f"waits for {c['waits_for']}: it hands on the epoch that init hands on (stage1.handoff best_val)"
         live = c.get("live") or {}
         if live:
             note = " ".join(f"{'training' if role == 'job' else 'evals'}: pid {pid}" for role, pid in live.items()) \

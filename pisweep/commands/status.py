@@ -88,8 +88,7 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
             cell["hands_on_epoch_of"] = labels[job.after]
             before = jobs.get(job.after)
             if cell["state"] not in ("completed", "running") and not (before and before.state == "completed"):
-                cell["reason"] = cell["reason"] or (f"waits for {labels[job.after]}: it hands on the epoch that "
-                                                    f"init hands on (stage1.handoff best_val)")
+                cell["waits_for"] = labels[job.after]  # it starts once that init has chosen its epoch
         cells.append(cell)
         data.summary[cell["state"]] = data.summary.get(cell["state"], 0) + 1
     data.cells_total = len(cells)
