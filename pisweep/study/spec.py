@@ -178,7 +178,7 @@ class Stage2Spec(Strict):
     # As a fraction of the run, the warmup is the same share of training at every scale: §1.5's 4.27 % (a fixed
     # 2500 steps would be 64 % of a 1M x 32 run and 4 % of a 15M one).
     optim: OptimSpec = OptimSpec(warmup_fraction=WARMUP_FRACTION)
-    grad_clip: float | None = Field(3.0, gt=0)  # §1.5: gradient clipping at 3
+    grad_clip: float | None = Field(3.0, gt=0)  # §1.5: the preset's 3 (the fork's code passes none: recipe authors)
     # Where exp(logit_scale) is held at <= 100: "after_step" clamps the parameter after every optimizer step
     # (open_clip_train), "in_loss" clamps the value the loss uses and leaves the parameter free (the fork's ClipLoss).
     logit_scale_clamp: Literal["after_step", "in_loss"] = "after_step"
