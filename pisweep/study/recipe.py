@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-#: open_clip_train's temperature clamp: exp(logit_scale) <= 100, as ln(100) (both recipes hold it there).
+#: ln(100) as the fork's model config writes it (init_logit_scale): exp(logit_scale) = 100, the clamp both hold.
 LN_100 = 4.60517
 
 #: §1.5's 2500 warmup steps as the share of its run they are: 2500 of 58 592 (15M // 8192 steps x 32 epochs).
@@ -73,7 +73,7 @@ _ONE_CHOICE = (frozenset({"warmup_steps", "warmup_fraction"}),)
 
 def recipe_defaults(name: str, version: int | None = None) -> dict[str, Any]:
     """The defaults recipe ``name`` gives a study recorded under identity ``version`` (None: a new study)."""
-    return merge(RECIPES[name], LEGACY.get(version, {})) if version in LEGACY else copy.deepcopy(RECIPES[name])
+    return merge(RECIPES[name], LEGACY.get(version, {}))  # (merge copies)
 
 
 def with_recipe(data: dict[str, Any], version: int | None = None) -> dict[str, Any]:

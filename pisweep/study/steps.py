@@ -43,7 +43,7 @@ def compare_recipes(studies: dict[str, Study]) -> dict[str, Any]:
     for n, st in studies.items():
         dumps[n]["data"] = {"subset": st.data.subset, "subset_seed": st.data.subset_seed}
     fields = []
-    for path in sorted(_paths(dumps[names[0]]) | set().union(*(_paths(d) for d in dumps.values()))):
+    for path in sorted(set().union(*(_paths(d) for d in dumps.values()))):
         values = {n: _at(dumps[n], path) for n in names}
         if len({repr(v) for v in values.values()}) > 1:
             fields.append({"field": path, **values})
