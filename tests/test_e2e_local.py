@@ -20,11 +20,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def study_file(tmp_path_factory):
-    """experiments/ci.yaml with its outputs moved into a temp folder and the shuffled control added (its init waits
-    for the perceptual one, whose epoch it hands on); shared by the tests of this module."""
+    """experiments/ci.yaml with its outputs moved into a temp folder, the shuffled control added (its init waits
+    for the perceptual one, whose epoch it hands on) and the posthoc arm (the random run's last epoch fine-tuned on
+    NIGHTS, one short epoch); shared by the tests of this module."""
     tmp = tmp_path_factory.mktemp("e2e")
     spec = yaml.safe_load((ROOT / "experiments/ci.yaml").read_text())
-    spec["grid"]["init"] = ["random", "perceptual", "shuffled"]
+    spec["grid"]["init"] = ["random", "perceptual", "shuffled", "posthoc"]
+    spec["posthoc"] = {"epochs": 1, "optim": {"lr": 1e-3, "warmup_steps": 1}, "workers": 0}
     spec["output_root"] = str(tmp / "out")
     spec["data"]["synthetic"]["root"] = str(tmp / "data")
     path = tmp / "ci.yaml"
@@ -63,7 +65,7 @@ def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
     assert status["coverage"]["present"] == 6 and status["coverage"]["total"] == 31
     states = {c["label"]: c["state"] for c in status["cells"]}
     assert set(states.values()) == {"completed"}, states
-    assert {c["kind"] for c in status["cells"]} == {"init", "train"}
+    assert {c["kind"] for c in status["cells"]} == {"init", "train", "posthoc"}
     for cell in status["cells"]:
         if cell["kind"] == "train":
             assert cell["epoch"] == cell["epochs"] == 2 and cell["attempts"] == 1
@@ -94,6 +96,20 @@ def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
             start = dict(conn.execute(select(t.metrics.c.metric, t.metrics.c.value).where(
                 t.metrics.c.job_uid == run["uid"], t.metrics.c.epoch == 0, t.metrics.c.task == "nights_2afc")).all())
             assert len(start) == 4 and start == handed
+        # The posthoc cell fine-tuned the random run's epoch-2 weights (the file the ledger records, by sha256),
+        # and is evaluated as epoch 2: the whole suite and NIGHTS.
+        (post,) = [c for c in status["cells"] if c["kind"] == "posthoc"]
+        random_run = next(c for c in status["cells"] if c["label"] == "random-tiny-e2-s0")
+        assert post["label"] == "posthoc-tiny-e2-s0-at2" and post["source"] == random_run["label"]
+        assert post["epoch"] == post["epochs"] == 1 and post["evals"].get("done") == 6
+        source_sha = conn.execute(select(t.checkpoints.c.sha256).where(
+            t.checkpoints.c.job_uid == random_run["uid"], t.checkpoints.c.epoch == 2,
+            t.checkpoints.c.kind == "weights")).scalar_one()
+        handoff = json.loads((out / "runs" / post["uid"] / "handoff.json").read_text())
+        assert handoff["source_sha256"] == source_sha and handoff["source_epoch"] == 2 and handoff["epoch"] == 1
+        post_nights = conn.execute(select(func.count()).where(
+            t.metrics.c.job_uid == post["uid"], t.metrics.c.epoch == 2, t.metrics.c.task == "nights_2afc")).scalar()
+        assert post_nights == 4
         # every run of the scale trained on one manifest: the same seeded subset for every arm
         digests = {json.loads((out / "runs" / c["uid"] / "data" / "manifest.json").read_text())["sha256"]
                    for c in status["cells"] if c["kind"] == "train"}
@@ -118,7 +134,7 @@ def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):
                 assert len([k for k in counts if k != "nights_2afc"]) == 6
         weights = conn.execute(select(t.checkpoints.c.path).where(t.checkpoints.c.kind == "weights")).scalars().all()
     led.close()
-    assert len(weights) == 9  # epochs 0 (the starting weights, for NIGHTS), 1 and 2 of the three runs
+    assert len(weights) == 10  # epochs 0 (the starting weights, for NIGHTS), 1 and 2 of the three runs; posthoc's 2
     # A weights file loads with open_clip in a fresh process (the inline config lies next to it).
     code = ("import sys, open_clip; from pathlib import Path; p=Path(sys.argv[1]);"
             "open_clip.add_model_config(p.parent / 'pisweep-tiny.json');"
@@ -139,7 +155,7 @@ def test_second_submit_does_nothing(submitted, study_file, capsys):
 def test_report_has_the_arms_deltas_and_plot(submitted, capsys):
     rep = cli_json("report", "ci", capsys=capsys)
     main_curve = next(c for c in rep["curves"] if c["task"] == "imagenet1k")
-    assert main_curve["arms"] == ["random", "perceptual", "shuffled"]
+    assert main_curve["arms"] == ["random", "perceptual", "shuffled", "posthoc"]
     assert [r["epoch"] for r in main_curve["rows"]] == [1, 2]
     row = main_curve["rows"][-1]
     assert row["delta_perceptual"] == pytest.approx(row["perceptual"] - row["random"])
@@ -148,6 +164,10 @@ def test_report_has_the_arms_deltas_and_plot(submitted, capsys):
     (group,) = rep["groups"]
     total = group["nights"]["nights_total_2afc"]["rows"][0]["deltas"]["perceptual-random"]
     assert total["method"] == "examples" and not total["decides"] and total["lo"] <= total["delta"] <= total["hi"]
+    # the posthoc arm is compared at its source epoch only, without an emergence curve
+    post = group["main"]["emergence"]["posthoc-random"]
+    assert post == {"epochs_used": [2], "at_source_epochs": True}
+    assert group["last"]["perceptual-posthoc"]["epoch"] == 2
     png = Path(rep["plot"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

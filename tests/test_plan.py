@@ -59,9 +59,12 @@ def test_main_yaml_is_the_papers_study():
     plan = make_plan(study)
     assert study.model.name == "ViT-B-32"
     assert study.stage2.global_batch_size and study.stage1.global_batch_size == 768
-    # 3 arms x 3 scales x 1 epoch budget x 3 seeds; one stage-1 init per method and seed, shared across scales
-    assert plan.counts() == {"inits": 6, "runs": 27, "evals": 27 * 32 * 31, "tasks": 31}
-    assert {r.init_uid for r in plan.runs if r.init != "random"} == {i.uid for i in plan.inits}
+    # 3 trained arms x 3 scales x 1 epoch budget x 3 seeds, and a posthoc cell per random run (its last epoch,
+    # evaluated once); one stage-1 init per method and seed, shared across scales
+    assert plan.counts() == {"inits": 6, "runs": 27 + 9, "evals": 27 * 32 * 31 + 9 * 31, "tasks": 31}
+    assert {r.init_uid for r in plan.runs if r.init in ("perceptual", "shuffled")} == {i.uid for i in plan.inits}
+    random = {r.uid for r in plan.runs if r.init == "random"}
+    assert {(r.source, r.source_epoch) for r in plan.runs if r.init == "posthoc"} == {(u, 32) for u in random}
     assert study.recipe == "openclip" and study.stage1.handoff == "best_val"
     perceptual = {i.seed: i.uid for i in plan.inits if i.method == "perceptual"}
     assert {i.seed: i.after for i in plan.inits if i.method == "shuffled"} == perceptual  # the matched hand-off

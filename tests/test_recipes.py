@@ -67,7 +67,7 @@ def test_bad_recipe_and_warmup_name_the_field(tmp_path):
     both = "stage2: {optim: {warmup_steps: 10, warmup_fraction: 0.1}}"
     with pytest.raises(SpecError, match=r"stage2\.optim.*not both"):
         load_study(write(tmp_path, "", both))
-    with pytest.raises(SpecError, match=r"stage1.*handoff epoch 40 is after the last stage-1 epoch \(32\)"):
+    with pytest.raises(SpecError, match=r"stage1.*handoff epoch 40 is after the last epoch \(32\)"):
         load_study(write(tmp_path, "", "stage1: {handoff: 40}"))
 
 

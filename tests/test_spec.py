@@ -60,7 +60,7 @@ def test_bad_value_names_field_path_and_value(tmp_path):
 
 def test_bad_init_method_lists_allowed_values(tmp_path):
     msg = error_of(tmp_path, GOOD.replace("  scale: [tiny]", "  init: [random, perceptive]\n  scale: [tiny]"))
-    assert "grid.init.1:" in msg and "'random', 'perceptual' or 'shuffled'" in msg
+    assert "grid.init.1:" in msg and "'random', 'perceptual', 'shuffled' or 'posthoc'" in msg
 
 
 def test_missing_required_field(tmp_path):

@@ -18,7 +18,7 @@ from pisweep.job.events import read_events
 from pisweep.models import TINY_CONFIG, create_model
 from pisweep.study.spec import DataSpec, GridSpec, ModelSpec, OptimSpec, ScaleData, Stage1Spec, Study, WandbSpec
 from pisweep.testing import StopAfter
-from pisweep.train.stage1 import _Stage1, hinge_loss, run_stage1, triplet_distances
+from pisweep.train.stage1 import NightsTrainer, hinge_loss, run_stage1, triplet_distances
 
 pytestmark = pytest.mark.slow  # trains, or starts processes
 
@@ -114,7 +114,7 @@ def test_the_epoch_with_the_lowest_val_loss_is_kept(tmp_path, nights_root, monke
         seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
         return {"val_loss": next(scripted), "nights_val_2afc": 0.5}
 
-    monkeypatch.setattr(_Stage1, "evaluate", fake_evaluate)
+    monkeypatch.setattr(NightsTrainer, "evaluate", fake_evaluate)
     ctx = JobContext(uid="init-b", folder=tmp_path / "init")
     path = run_stage1(ctx, study(epochs=3), "perceptual", seed=0, nights_root=nights_root)
     saved = torch.load(path, weights_only=True)
@@ -151,9 +151,9 @@ def test_distances_are_one_minus_cosine_of_projected_embeddings():
 
 
 def test_shuffled_control_permutes_votes_deterministically(tmp_path, nights_root):
-    def stage(method: str, seed: int) -> _Stage1:
-        return _Stage1(JobContext(uid="x", folder=tmp_path / f"{method}{seed}"), study(), method, seed,
-                       nights_root, "cpu")
+    def stage(method: str, seed: int) -> NightsTrainer:
+        return NightsTrainer(JobContext(uid="x", folder=tmp_path / f"{method}{seed}"), study(), method, seed,
+                             nights_root, "cpu")
 
     real, a, b, other = stage("perceptual", 0), stage("shuffled", 0), stage("shuffled", 0), stage("shuffled", 1)
     assert len(real.train_ds) == 48  # the 4 rows with votes < 6 are dropped
@@ -208,7 +208,7 @@ def _scripted(monkeypatch, losses):
         seen.append({k: v.clone() for k, v in self.model.state_dict().items()})
         return {"val_loss": next(scripted), "nights_val_2afc": 0.5}
 
-    monkeypatch.setattr(_Stage1, "evaluate", fake_evaluate)
+    monkeypatch.setattr(NightsTrainer, "evaluate", fake_evaluate)
     return seen
 
 

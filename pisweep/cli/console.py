@@ -134,8 +134,12 @@ def status_table(data: dict[str, Any]) -> Table:
         note = ""
         if c["state"] in ("failed", "blocked") and c.get("reason"):
             note = c["reason"] + (f"  (log: {c['log']})" if c.get("log") else "")
+        elif c.get("waits_for") and c["kind"] == "posthoc":
+            note = f"waits for {c['waits_for']}: it fine-tunes those weights"
         elif c.get("waits_for"):
             note = f"waits for {c['waits_for']}: it hands on the epoch that init hands on (stage1.handoff best_val)"
+        elif c["kind"] == "posthoc":
+            note = f"fine-tunes {c['source']} at epoch {c['source_epoch']}"
         live = c.get("live") or {}
         if live:
             note = " ".join(f"{'training' if role == 'job' else 'evals'}: pid {pid}" for role, pid in live.items()) \
@@ -154,6 +158,11 @@ def plan_table(plan_json: dict[str, Any]) -> Table:
     for r in plan_json["runs"]:
         ep = r["eval_epochs"]
         eps = ",".join(map(str, ep)) if len(ep) <= 8 else f"{ep[0]},{ep[1]},…,{ep[-1]} ({len(ep)})"
+        if r.get("source"):  # a NIGHTS fine-tune of its source's weights at one epoch
+            t.add_row("posthoc", r["uid"], r["label"], f"{r['source']} @{r['source_epoch']}",
+                      f"(NIGHTS, batch {r['global_batch']})", f"{r['finetune_epochs']} ep", _plain(r["warmup_steps"]),
+                      eps)
+            continue
         warm = f"{r['warmup_steps']:,} ({r['warmup_epochs']:.2g} ep)"
         t.add_row("train", r["uid"], r["label"], r["init_uid"] or "", f"{r['optimizer_steps_per_epoch']:,}",
                   f"{r['total_steps']:,}", warm, eps)

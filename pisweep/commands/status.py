@@ -73,18 +73,25 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     data = StatusData(s.name, str(s.ledger.path), len(s.plan.tasks), list(present),
                       {k: str(v) for k, v in missing.items()}, state_filter=state, limit=limit)
     cells = []
-    labels = {i.uid: i.label for i in s.plan.inits}
-    for kind, job in [("init", i) for i in s.plan.inits] + [("train", r) for r in s.plan.runs]:
+    labels = {i.uid: i.label for i in s.plan.inits} | {r.uid: r.label for r in s.plan.runs}
+    trainings = {"init": s.ref.study.stage1.epochs, "posthoc": s.ref.study.posthoc.epochs}  # (epochs of their own)
+    for kind, job in [("init", i) for i in s.plan.inits] + [(r.kind, r) for r in s.plan.runs]:
         row = jobs.get(job.uid)
         cell = {"uid": job.uid, "kind": kind, "label": job.label, "state": row.state if row else "planned",
                 "init": getattr(job, "init", getattr(job, "method", None)), "scale": getattr(job, "scale", None),
                 "seed": job.seed, "epoch": row.epoch_reached if row else 0,
-                "epochs": job.epochs if kind == "train" else s.ref.study.stage1.epochs,
+                "epochs": trainings.get(kind, getattr(job, "epochs", None)),
                 "attempts": row.attempts if row else 0, "reason": row.reason if row else None,
                 "log": row.log_path if row else None}
-        if kind == "train":
+        if kind != "init":
             cell["evals_planned"] = len(job.eval_epochs) * len(s.plan.tasks)
-        elif job.after is not None:  # a control that hands on its seed's perceptual epoch
+        if kind == "posthoc":  # it fine-tunes the weights of its source run's epoch
+            cell["source"], cell["source_epoch"] = labels[job.source], job.source_epoch
+            src = jobs.get(job.source)
+            have = src is not None and (src.state == "completed" or src.epoch_reached >= job.source_epoch)
+            if cell["state"] not in ("completed", "running") and not have:
+                cell["waits_for"] = f"{labels[job.source]} epoch {job.source_epoch}"
+        elif kind == "init" and job.after is not None:  # a control that hands on its seed's perceptual epoch
             cell["hands_on_epoch_of"] = labels[job.after]
             before = jobs.get(job.after)
             if cell["state"] not in ("completed", "running") and not (before and before.state == "completed"):
@@ -111,7 +118,7 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     for cell in shown:
         cell["disk_bytes"] = disk.get(cell["uid"], 0)
         cell["live"] = live.get(cell["uid"])  # {"job": pid, "eval": pid} of its live local processes
-        if cell["kind"] == "train":
+        if cell["kind"] != "init":
             epoch_value = last.get(cell["uid"])
             cell["main_metric"] = ({"task": main_task, "epoch": epoch_value[0], "value": epoch_value[1]}
                                    if epoch_value else None)
@@ -144,6 +151,6 @@ def _status_groups(cells: list[dict[str, Any]], open_counts: dict[str, dict[str,
         g["epoch_max"] = c["epoch"] if g["epoch_max"] is None else max(g["epoch_max"], c["epoch"])
         for k, n in open_counts.get(c["uid"], {}).items():
             g["evals"][k] = g["evals"].get(k, 0) + n
-    arms = ("random", "perceptual", "shuffled")
+    arms = ("random", "perceptual", "shuffled", "posthoc")
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0] != "init", str(k[2]), k[3] or 0,
                                                              arms.index(k[1]) if k[1] in arms else 9, str(k[1])))]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pisweep.atomic import remove_stale_temps
-from pisweep.executors.base import eval_job_file, init_job_file, train_job_file
+from pisweep.executors.base import eval_job_file, init_job_file, cell_job_file
 from pisweep.executors.controller import live_controller
 from pisweep.executors.stopping import StopRequest
 from pisweep.job.contract import JobFile, job_file_path
@@ -177,8 +177,8 @@ class LocalExecutor:
         if gone:
             work.inits = [i for i in work.inits if i.uid not in gone]
             work.inits_waiting = [i for i in work.inits_waiting if i.uid not in gone and i.after not in gone]
-            work.runs = [r for r in work.runs if r.uid not in gone and r.init_uid not in gone]
-            work.waiting = [r for r in work.waiting if r.uid not in gone and r.init_uid not in gone]
+            work.runs = [r for r in work.runs if r.uid not in gone and r.depends_on not in gone]
+            work.waiting = [r for r in work.waiting if r.uid not in gone and r.depends_on not in gone]
         return work
 
     def _runnable(self, work) -> bool:
@@ -201,8 +201,8 @@ class LocalExecutor:
             if f"{init.uid}:init" not in busy and self._slot():
                 self._spawn(init_job_file(init, self.study_json, self.paths, self.layout), init.label)
         for run in work.runs:
-            if f"{run.uid}:train" not in busy and self._slot():
-                self._spawn(train_job_file(run, self.study_json, self.paths, self.layout), run.label)
+            if f"{run.uid}:{run.kind}" not in busy and self._slot():
+                self._spawn(cell_job_file(run, self.study_json, self.paths, self.layout), run.label)
 
     def _slot(self) -> bool:
         return len(self.children) < self.max_parallel

@@ -1,7 +1,7 @@
 """Site profiles for the slurm executor: what a cluster needs in every job (partition, account, qos, ...).
 
 A profile is a small YAML file in slurm_templates/ that a study names (``executor.profile``). The job shapes
-(nodes, GPUs, CPUs, memory, time) come from the study (``executor.init|train|eval``); a profile may override them
+(nodes, GPUs, CPUs, memory, time) come from the study (``executor.init|train|eval|posthoc``); a profile may override them
 per job kind for its site. Pure: pydantic models and a loader that raises SpecError naming the file.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pisweep.study.yamlfile import parse_yaml
 
 # sbatch option names: letters, digits and dashes only, so no value can smuggle in another option.
 _OPTION = re.compile(r"^[a-z][a-z0-9-]*$")
+JOB_KINDS = ("init", "train", "eval", "posthoc")
 
 
 class KindOverride(Strict):
@@ -42,7 +43,7 @@ class SiteProfile(Strict):
     extra: dict[str, str | int | bool] = Field(default_factory=dict)  # any other sbatch option
     signal_delay_s: int = Field(120, ge=10)  # USR2 this long before the time limit (and on preemption)
     max_requeue_timeouts: int | None = None  # None: the study's executor.max_timeouts
-    kinds: dict[str, KindOverride] = Field(default_factory=dict)  # init | train | eval -> overrides
+    kinds: dict[str, KindOverride] = Field(default_factory=dict)  # init | train | eval | posthoc -> overrides
 
     @field_validator("extra")
     @classmethod
@@ -55,9 +56,9 @@ class SiteProfile(Strict):
     @field_validator("kinds")
     @classmethod
     def _kinds(cls, v: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(set(v) - {"init", "train", "eval"})
+        bad = sorted(set(v) - set(JOB_KINDS))
         if bad:
-            raise ValueError(f"unknown job kinds {bad}; allowed: init, train, eval")
+            raise ValueError(f"unknown job kinds {bad}; allowed: {', '.join(JOB_KINDS)}")
         return v
 
     def resources(self, kind: str, base: Resources) -> tuple[Resources, dict[str, Any]]:

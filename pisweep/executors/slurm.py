@@ -16,7 +16,7 @@ from typing import Any
 
 from pisweep.errors import ExecutorError
 from pisweep.executors import sacct
-from pisweep.executors.base import eval_job_file, init_job_file, train_job_file
+from pisweep.executors.base import cell_job_file, eval_job_file, init_job_file
 from pisweep.executors.profile import SiteProfile
 from pisweep.executors.snapshot import take_snapshot
 from pisweep.job.contract import JobFile, job_file_path
@@ -41,7 +41,8 @@ class Submitted:
 
 def executor_params(study: Study, profile: SiteProfile, kind: str, name: str, snapshot: Path) -> dict[str, Any]:
     """submitit parameters of one job kind: shape, site options, signal, requeue, code snapshot."""
-    base = {"init": study.executor.init, "train": study.executor.train, "eval": study.executor.eval}[kind]
+    base = {"init": study.executor.init, "train": study.executor.train, "eval": study.executor.eval,
+            "posthoc": study.executor.posthoc}[kind]
     shape, options = profile.resources(kind, base)
     ranks_per_node = max(1, shape.gpus_per_node)
     params: dict[str, Any] = {
@@ -92,25 +93,30 @@ class SlurmExecutor:
             self._submit_group("init", [(i.uid, i.label, init_job_file(i, self.study_json, self.paths, self.layout),
                                          None)], init_ids.get(i.after), snapshot, out)
             init_ids[i.uid] = out.jobs.get(i.uid, init_ids.get(i.uid))
-        no_dep, with_dep = [], []
+        no_dep: dict[str, list] = {"train": [], "posthoc": []}
+        with_dep = []
         for run in list(work.runs) + list(work.waiting):
             if run.uid in active:
                 out.skipped.append(run.label)
                 continue
-            jf = train_job_file(run, self.study_json, self.paths, self.layout)
+            jf = cell_job_file(run, self.study_json, self.paths, self.layout)
             evals = self._eval_submit(run, snapshot)
-            pending_init = run.init_uid is not None and snap.jobs.get(run.init_uid) is not None \
-                and snap.jobs[run.init_uid].state != "completed"
+            dep = run.depends_on  # its init, or (posthoc) its source run
+            dep_row = snap.jobs.get(dep) if dep else None
             row = snap.jobs.get(run.uid)
-            if pending_init or (run.init_uid in out.jobs):
-                with_dep.append(((run.uid, run.label, jf, evals), init_ids.get(run.init_uid)))
+            if dep is not None and (dep in out.jobs or (dep_row is not None and dep_row.state != "completed")):
+                with_dep.append(((run.uid, run.label, jf, evals), dep))
             elif row is not None and row.scheduler_id:  # a resubmitted cell goes as its own job
-                self._submit_group("train", [(run.uid, run.label, jf, evals)], None, snapshot, out)
+                self._submit_group(run.kind, [(run.uid, run.label, jf, evals)], None, snapshot, out)
             else:
-                no_dep.append((run.uid, run.label, jf, evals))
-        self._submit_group("train", no_dep, None, snapshot, out)
-        for item, dep in with_dep:  # each waits for its own init: one job each
-            self._submit_group("train", [item], dep, snapshot, out)
+                no_dep[run.kind].append((run.uid, run.label, jf, evals))
+        for kind, items in no_dep.items():
+            self._submit_group(kind, items, None, snapshot, out)
+        for item, dep in with_dep:  # each waits for its own init or source run: one job each (in plan order, so a
+            # source submitted in this call is known by then)
+            dep_id = out.jobs.get(dep) or init_ids.get(dep) or (snap.jobs[dep].scheduler_id if dep in snap.jobs
+                                                                 else None)
+            self._submit_group(item[2].kind, [item], dep_id, snapshot, out)
         out.evals += self.heal_evals()  # due evals without a live eval job (the train jobs submit the rest)
         return out
 
@@ -188,8 +194,9 @@ class SlurmExecutor:
             if q is not None and "DependencyNeverSatisfied" in q[1]:
                 dep = row.init_uid or after.get(uid)  # a run's init, or the init a control init waits for
                 init = snap.jobs.get(dep) if dep else None
-                reason = f"its {'init ' if row.init_uid else 'perceptual init '}{init.label if init else dep} " \
-                    f"failed" + (f": {init.reason}" if init and init.reason else "")
+                what = "source run" if row.kind == "posthoc" else "init" if row.init_uid else "perceptual init"
+                reason = f"its {what} {init.label if init else dep} failed" + \
+                    (f": {init.reason}" if init and init.reason else "")
                 cancel([sid])  # SLURM would keep it pending forever
                 changes[uid] = "blocked"
                 set_job_state(self.ledger, uid, "blocked", reason)

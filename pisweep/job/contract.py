@@ -18,7 +18,7 @@ ENV_SLURM_TASK = "PISWEEP_SLURM_TASK"  # set by a SLURM job's launcher: the Slur
 
 @dataclass(frozen=True)
 class JobFile:
-    kind: str  # init | train | eval
+    kind: str  # init | train | posthoc | eval
     uid: str  # the job whose folder receives the events (an eval job reports into its run)
     folder: str
     study: dict[str, Any]

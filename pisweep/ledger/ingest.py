@@ -67,7 +67,7 @@ def record_study(ledger: Ledger, spec: dict[str, Any], spec_path: str | None, pl
         rows = [dict(uid=i.uid, study=plan.study, kind="init", label=i.label, init=i.method, init_uid=None, scale=None,
                      epochs=None, seed=i.seed, folder=str(layout.init_dir(i.uid)), identity_json=canonical_json(i.identity),
                      state="planned", updated_at=now) for i in plan.inits]
-        rows += [dict(uid=r.uid, study=plan.study, kind="train", label=r.label, init=r.init, init_uid=r.init_uid,
+        rows += [dict(uid=r.uid, study=plan.study, kind=r.kind, label=r.label, init=r.init, init_uid=r.depends_on,
                       scale=r.scale, epochs=r.epochs, seed=r.seed, folder=str(layout.run_dir(r.uid)),
                       identity_json=canonical_json(r.identity), state="planned", updated_at=now) for r in plan.runs]
         for row in rows:
@@ -152,7 +152,7 @@ def apply_event(conn: Connection, uid: str, ev: dict[str, Any]) -> None:
             _raise_reached(conn, uid, step=data["step"])
     elif kind == "epoch_done":
         epoch = int(data["epoch"])
-        _metrics(conn, uid, epoch, "train", data.get("metrics", {}), "-")
+        _metrics(conn, uid, epoch, data.get("task", "train"), data.get("metrics", {}), "-")  # posthoc: "finetune"
         _raise_reached(conn, uid, epoch=epoch, step=data.get("step"))
     elif kind in ("checkpoint", "init_selected"):
         ckind = data.get("kind", "init")

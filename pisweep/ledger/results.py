@@ -36,7 +36,8 @@ def main_value_rows(ledger: Ledger, task: str, suite_version: str,
 def metric_rows_at(ledger: Ledger, study: str, task: str, epoch: int, suite_version: str) -> list[tuple]:
     """(run, metric, value) of ``task`` at ``epoch`` for the study's runs: one primary-key lookup per run."""
     return fetch(ledger, "SELECT m.job_uid, m.metric, m.value FROM jobs j JOIN metrics m ON m.job_uid = j.uid "
-                         "AND m.epoch = ? AND m.task = ? WHERE j.study = ? AND j.kind = 'train' AND m.suite_version = ?",
+                         "AND m.epoch = ? AND m.task = ? WHERE j.study = ? AND j.kind IN ('train', 'posthoc') "
+                         "AND m.suite_version = ?",
                  (int(epoch), task, study, suite_version))
 
 
@@ -119,8 +120,8 @@ def metric_rows_by_run(ledger: Ledger, study: str) -> Iterator[tuple[tuple, list
     with ledger.engine.connect() as conn:
         cur = conn.connection.driver_connection.cursor()
         try:
-            jobs = cur.execute("SELECT uid, label, init, scale, epochs, seed FROM jobs WHERE study = ? "
-                               "AND kind = 'train' ORDER BY scale, epochs, init, seed, uid", (study,)).fetchall()
+            jobs = cur.execute("SELECT uid, label, init, scale, epochs, seed FROM jobs WHERE study = ? AND kind IN "
+                               "('train', 'posthoc') ORDER BY scale, epochs, init, seed, uid", (study,)).fetchall()
             for job in jobs:
                 yield job, cur.execute("SELECT epoch, task, metric, suite_version, value FROM metrics "
                                        "WHERE job_uid = ? ORDER BY epoch, task, metric, suite_version",

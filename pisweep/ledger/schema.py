@@ -30,7 +30,8 @@ studies = Table(
     Column("updated_at", Float, nullable=False),
 )
 
-# One row per job of the plan: a stage-1 init ("init") or a stage-2 run ("train").
+# One row per job of the plan: a stage-1 init ("init"), a stage-2 run ("train") or a post-hoc fine-tune of a run
+# ("posthoc"; its init_uid is its source run).
 jobs = Table(
     "jobs", metadata,
     Column("uid", String, primary_key=True),

@@ -90,8 +90,9 @@ def check_options(opts: Options, tasks: tuple[str, ...] | list[str]) -> Options:
 
 
 def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Perceptual vs random, and vs shuffled when there is a shuffled arm (shuffled vs random without perceptual)."""
-    wanted = [("perceptual", "random"), ("perceptual", "shuffled")]
+    """Perceptual vs random, and vs shuffled when there is a shuffled arm (shuffled vs random without perceptual);
+    with a posthoc arm, posthoc vs random and perceptual vs posthoc (at the posthoc cells' source epochs)."""
+    wanted = [("perceptual", "random"), ("perceptual", "shuffled"), ("posthoc", "random"), ("perceptual", "posthoc")]
     out = [c for c in wanted if c[0] in arms and c[1] in arms]
     if not out and "shuffled" in arms and "random" in arms:
         out = [("shuffled", "random")]
@@ -100,6 +101,15 @@ def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str]]:
 
 def cmp_key(c: tuple[str, str]) -> str:
     return f"{c[0]}-{c[1]}"
+
+
+def has_curve(c: tuple[str, str]) -> bool:
+    """Whether a comparison has an emergence curve: not one with the posthoc arm, which has results at its source
+    epochs only (a fine-tune of a finished pretraining, not a training of its own that a curve could follow)."""
+    return POSTHOC not in c
+
+
+POSTHOC = "posthoc"
 
 
 class _Values:
@@ -154,14 +164,18 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
             if s["rows"]:
                 gr["nights"][metric] = s
                 finalizers.append(fin)
-    wanted = {gr["last_epoch"] for gr in groups if gr["last_epoch"] is not None}
+    # a posthoc comparison's table: at its latest source epoch with results (the group's last epoch by default)
+    main = opts.main_task
+    at = {(gr["key"], cmp_key(c)): gr["last_epoch"] if has_curve(c) else _last_epoch(gr["series"].get(main), [c])
+          for gr in groups for c in cmps}
+    wanted = {e for e in at.values() if e is not None}
     tables = []
     for g, gr in zip(data.groups, groups):
         gr["last"] = {}
-        if gr["last_epoch"] is None:
-            continue
         for c in cmps:
-            tables.append((gr, c, last_table(data, est, g, gr["last_epoch"], c, values, wanted, opts.full)))
+            epoch = at[(gr["key"], cmp_key(c))]
+            if epoch is not None:
+                tables.append((gr, c, last_table(data, est, g, epoch, c, values, wanted, opts.full)))
     est.flush()
     for fin in finalizers:
         fin()
@@ -227,9 +241,10 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
     part = {arm: f.any(axis=1) for arm, f in fin.items()}  # runs with any result of this task
     for row in rows:  # epochs outside, comparisons inside: an epoch's per-example files are read once
         e = row["epoch"]
+        due = {arm: np.array([r.evaluates(e, start) for r in rs], bool) for arm, rs in runs.items()}
         for c in cmps:
             a, b = c
-            part_a, part_b = part[a], part[b]
+            part_a, part_b = part[a] & due[a], part[b] & due[b]  # (a posthoc cell is due at its source epoch)
             ok_a, ok_b = fin[a][:, e], fin[b][:, e]
             # complete: every run of both arms that has a result of this task has one here (and both arms have)
             row["complete"][cmp_key(c)] = bool(part_a.any() and part_b.any() and ok_a[part_a].all()
@@ -238,13 +253,18 @@ def _series(data: StudyData, est: Estimator | None, g: Group, task: str, m: np.n
                 ia, ib = np.flatnonzero(ok_a), np.flatnonzero(ok_b)
                 est.request(task, metric, e, [runs[a][i] for i in ia], [runs[b][i] for i in ib],
                             sub[a][ia, e].tolist(), sub[b][ib, e].tolist(), _store(row, c, len(ia), len(ib)),
-                            for_curve=curve)
+                            for_curve=curve and has_curve(c))
     if est is None or not curve:  # only the completeness was wanted, or no emergence
         for c in cmps:
             s["emergence"][cmp_key(c)] = {"epochs_used": [r["epoch"] for r in rows if r["complete"][cmp_key(c)]]}
 
+    if curve:  # a posthoc comparison: the epochs it is drawn at, no emergence
+        for c in (c for c in cmps if not has_curve(c)):
+            s["emergence"][cmp_key(c)] = {"epochs_used": [r["epoch"] for r in rows if r["complete"][cmp_key(c)]],
+                                          "at_source_epochs": True}
+
     def finalize() -> None:
-        for c in cmps if curve else ():
+        for c in (c for c in cmps if has_curve(c)) if curve else ():
             k = cmp_key(c)
             used = [r for r in rows if r["complete"][k] and r["deltas"].get(k)]
             ep = [r["epoch"] for r in used]

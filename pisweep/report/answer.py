@@ -25,15 +25,23 @@ def sentences(rep: dict[str, Any]) -> list[dict[str, Any]]:
         for c in rep["comparisons"]:
             a, b = c.split("-", 1)
             head = f"{meta.display_name} {rep['main_metric']}: {a} − {b}"
-            row = _row_at(main, gr.get("last_epoch"), c)
+            e = (main or {}).get("emergence", {}).get(c, {})
+            at_source = bool(e.get("at_source_epochs"))  # posthoc: its source epochs, no curve
+            row = _row_at(main, max(e.get("epochs_used") or [None], key=lambda x: x or 0) if at_source
+                          else gr.get("last_epoch"), c)
             where = f"[scale {gr['scale']}, {gr['epochs']} epochs]"
             if row is None:
                 out.append({"group": gr["key"], "comparison": c, "decides": False,
                             "text": f"{head} {where}: no epoch evaluated for every run yet."})
                 continue
-            d, e = row["deltas"][c], (main or {}).get("emergence", {}).get(c, {})
+            d = row["deltas"][c]
             text = f"{head} = {_pts(d['delta'])} pts {_bounds(d)} at epoch {row['epoch']} {where}; "
-            if not d.get("decides"):
+            if at_source:
+                text += (f"the posthoc cells fine-tune the random runs' weights of epoch "
+                         f"{', '.join(map(str, e['epochs_used']))} on NIGHTS, so the comparison is drawn there, "
+                         f"not along a curve ({_seeds(d)}" + ("" if d.get("decides") else
+                                                               ": training randomness is not in this interval") + ").")
+            elif not d.get("decides"):
                 text += (_sustained(e, with_interval=False)
                          + f" ({_seeds(d)}: training randomness is not in this interval, so no verdict).")
             else:

@@ -21,7 +21,7 @@ from pisweep.ledger.queries import jobs_of
 from pisweep.study.plan import Plan
 from pisweep.study.spec import Study
 
-ARM_ORDER = ("random", "perceptual", "shuffled")
+ARM_ORDER = ("random", "perceptual", "shuffled", "posthoc")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class Run:
     state: str
     reason: str | None
     eval_epochs: tuple[int, ...]
+
+    def evaluates(self, epoch: int, start: bool = False) -> bool:
+        """Whether the plan evaluates this run at ``epoch`` (``start``: epoch 0 too, the weights a training starts
+        from; a post-hoc cell has only its source epoch)."""
+        return epoch in self.eval_epochs or (start and epoch == 0 and self.init != "posthoc")
 
 
 @dataclass(frozen=True)

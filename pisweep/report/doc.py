@@ -114,6 +114,10 @@ def group_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list
 def emergence_text(c: str, e: dict[str, Any]) -> str:
     a, b = arm_names(c)
     used = e.get("epochs_used") or []
+    if e.get("at_source_epochs"):
+        return (f"{a} vs {b}: at the posthoc cells' source epoch{'s' * (len(used) != 1)} "
+                f"{epochs_text(used) if used else '(none evaluated for every run yet)'} only: a fine-tune of the "
+                f"random runs' weights there, so no emergence or crossover epoch")
     if not used:
         return f"emergence ({a} vs {b}): no epoch evaluated for every run yet"
     span = f"over epochs {epochs_text(used)} of {e.get('budget')}"

@@ -9,7 +9,7 @@ from typing import Any
 
 from pisweep.report.docmodel import epoch_range, noise_note
 
-COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4"}
+COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4", "posthoc": "#2ca02c"}
 
 
 def _plt():
@@ -44,15 +44,36 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+#: comparisons after the first take these (none is an arm's colour)
+OTHER_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+POSTHOC = "posthoc"  # an arm with results at its source epochs only: points with error bars, not a curve
+
+
+def _finite(values: list) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _points(ax, x: list[int], y: list[float], lo: list, hi: list, color: str | None, label: str,
+            shift: float = 0.15) -> None:
+    """Points with their intervals as error bars (where the intervals are known), ``shift`` epochs to the right
+    of the curves they sit beside."""
+    err = [[v - a for v, a in zip(y, lo)], [b - v for v, b in zip(y, hi)]] if _finite(lo + hi) else None
+    ax.errorbar([e + shift for e in x], y, yerr=err, fmt="D", ms=5, color=color, capsize=3, lw=1, label=label, zorder=3)
+
+
 def _band(ax, series: dict[str, Any], arm: str) -> None:
     rows = [r for r in series["rows"] if r["arms"][arm]["n"]]
     if not rows:
         return
     x = [r["epoch"] for r in rows]
-    ax.plot(x, [r["arms"][arm]["mean"] for r in rows], marker="o", ms=2.5, lw=1.2, color=COLORS.get(arm), label=arm)
+    y = [r["arms"][arm]["mean"] for r in rows]
     lo = [r["arms"][arm]["lo"] for r in rows]
     hi = [r["arms"][arm]["hi"] for r in rows]
-    if all(v is not None and math.isfinite(v) for v in lo + hi):
+    if arm == POSTHOC:  # beside the random arm's curve, at the epochs its cells fine-tuned
+        _points(ax, x, y, lo, hi, COLORS.get(arm), f"{arm} (at its source epoch)")
+        return
+    ax.plot(x, y, marker="o", ms=2.5, lw=1.2, color=COLORS.get(arm), label=arm)
+    if _finite(lo + hi):
         ax.fill_between(x, lo, hi, color=COLORS.get(arm), alpha=0.18, lw=0)
 
 
@@ -214,15 +235,19 @@ def _delta_panel(ax, g: dict[str, Any], comparisons: list[str]) -> None:
         rows = [r for r in main["rows"] if r["deltas"].get(c)]
         if not rows:
             continue
-        color = COLORS.get(c.split("-", 1)[0]) if k == 0 else f"C{k + 1}"
+        color = COLORS.get(c.split("-", 1)[0]) if k == 0 else OTHER_COLORS[(k - 1) % len(OTHER_COLORS)]
         x = [r["epoch"] for r in rows]
-        ax.plot(x, [r["deltas"][c]["delta"] for r in rows], marker="o", ms=2.5, lw=1.2, color=color,
-                label=c.replace("-", " − "))
+        y = [r["deltas"][c]["delta"] for r in rows]
         lo = [r["deltas"][c]["lo"] for r in rows]
         hi = [r["deltas"][c]["hi"] for r in rows]
-        if all(v is not None and math.isfinite(v) for v in lo + hi):
-            ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
         e = main["emergence"].get(c, {})
+        if e.get("at_source_epochs"):
+            _points(ax, x, y, lo, hi, color, c.replace("-", " − "), shift=0.15 * k)
+            lines.append(f"{c.replace('-', ' − ')}: at epoch {', '.join(map(str, x))} only (a fine-tune)")
+            continue
+        ax.plot(x, y, marker="o", ms=2.5, lw=1.2, color=color, label=c.replace("-", " − "))
+        if _finite(lo + hi):
+            ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
         dist = (e.get("distribution") or {}).get("emergence") or {}
         if e.get("emergence_epoch") is not None:
             ax.axvline(e["emergence_epoch"], color=color, ls="--", lw=0.9)

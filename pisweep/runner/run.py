@@ -1,6 +1,6 @@
 """Run one job file as one rank: the same for every executor (runner/entry.py decides that this process is one).
 
-A job file (job/contract.py) names the kind (init, train, eval), the job's uid and folder, the study (as validated
+A job file (job/contract.py) names the kind (init, train, posthoc, eval), the job's uid and folder, the study (as validated
 JSON) and the job's parameters, with every data path already resolved. The job reports through events only; it
 never opens the ledger. Exit codes: 0 completed, 3 stopped on request (state saved), 1 failed.
 
@@ -143,7 +143,13 @@ def dispatch(job: JobFile, ctx: JobContext, device: str | None = None) -> None:
 
         run_stage2(ctx, study, init=p["init"], init_weights=Path(p["init_weights"]) if p.get("init_weights") else None,
                    shards=p["shards"], samples=p["samples"], epochs=p["epochs"], seed=p["seed"],
-                   eval_epochs=p["eval_epochs"], device=device, start_weights=bool(p.get("start_weights")))
+                   eval_epochs=p["eval_epochs"], device=device, start_weights=bool(p.get("start_weights")),
+                   keep_epochs=p.get("keep_epochs", []))
+    elif job.kind == "posthoc":
+        from pisweep.train.posthoc import run_posthoc
+
+        run_posthoc(ctx, study, Path(p["source_weights"]), p["source_epoch"], p["seed"], Path(p["nights"]),
+                    device=device)
     elif job.kind == "eval":
         from pisweep.runner.evals import run_evals
 

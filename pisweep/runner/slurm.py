@@ -48,7 +48,7 @@ class SlurmTask:
     max_failures: int
     max_timeouts: int
     signal_delay_s: int
-    eval_submit: dict[str, Any] | None = None  # how to submit per-epoch eval jobs (train jobs only)
+    eval_submit: dict[str, Any] | None = None  # how to submit per-epoch eval jobs (train and posthoc jobs)
     started: float = field(default=0.0, repr=False)
 
     def __call__(self) -> int:
@@ -62,7 +62,7 @@ class SlurmTask:
         if job.kind == "train" and _tasks() * per_node > 1:
             code = self._launch(job, per_node, early)
         else:
-            hooks = [self._eval_hook(job)] if self.eval_submit and job.kind == "train" else []
+            hooks = [self._eval_hook(job)] if self.eval_submit and job.kind in ("train", "posthoc") else []
             code = run_job_file(Path(self.job_file), stop_outcome=self.stop_outcome, hooks=hooks,
                                 early_signals=early)
         requeued = False

@@ -26,7 +26,7 @@ from typing import Any
 
 from pisweep.data.shardlist import expand_shards
 from pisweep.errors import PlanError
-from pisweep.study.spec import ModelSpec, Stage1Spec, Stage2Spec, Study
+from pisweep.study.spec import ModelSpec, PosthocSpec, Stage1Spec, Stage2Spec, Study
 
 IDENTITY_VERSION = 3
 VERSIONS = (1, 2, 3)
@@ -38,7 +38,10 @@ UID_LEN = 12
 NOT_RESULT = {
     "stage1": frozenset({"workers"}),
     "stage2": frozenset({"workers", "checkpoint_every_steps", "log_every_steps", "keep_weights", "keep_resume"}),
+    "posthoc": frozenset({"workers", "from_epochs"}),  # (the source epoch is each cell's own identity)
 }
+#: The identity version the post-hoc arm came with: its fields hash against that version's table in every study.
+POSTHOC_SINCE = 3
 #: v2 folds stage1.seed_offset into the init's seed: (seed 0, offset 42) and (seed 42, offset 0) are one init.
 _V2_FOLDED = {"stage1": frozenset({"seed_offset"})}
 #: Fields added after v1, with the value that is v1's behaviour: a v1 identity holds them only when they differ
@@ -81,6 +84,7 @@ def live_defaults() -> dict[str, Any]:
     return {"model": ModelSpec().model_dump(mode="json"),
             "stage1": _drop(Stage1Spec().model_dump(mode="json"), "stage1", 2),
             "stage2": _drop(Stage2Spec().model_dump(mode="json"), "stage2", 2),
+            "posthoc": _drop(PosthocSpec().model_dump(mode="json"), "posthoc", 2),
             "numerics": dict(NUMERICS)}
 
 
@@ -99,7 +103,7 @@ def result_view(study: Study, version: int, full: bool = False) -> dict[str, Any
     data = {"nights": _data(study, version, "nights"),
             "train": {scale: _data(study, version, "train", scale) for scale in study.data.scale_names()}}
     return {"model": _section(study, version, "model", full), "stage1": _section(study, version, "stage1", full),
-            "stage2": _section(study, version, "stage2", full), "data": data}
+            "stage2": _section(study, version, "stage2", full), "posthoc": _posthoc(study, full), "data": data}
 
 
 def init_identity(view: dict[str, Any], version: int, method: str, seed: int) -> dict[str, Any]:
@@ -117,6 +121,14 @@ def run_identity(view: dict[str, Any], version: int, init: str, init_uid: str | 
     return _versioned(ident, version)
 
 
+def posthoc_identity(view: dict[str, Any], version: int, source_uid: str, source_epoch: int) -> dict[str, Any]:
+    """A post-hoc fine-tune's identity: its source (a run's uid, which holds the model, the run's recipe and seed,
+    and the epoch), the fine-tune's recipe and the NIGHTS data."""
+    ident = {"posthoc": view["posthoc"], "source": source_uid, "source_epoch": source_epoch,
+             "data": view["data"]["nights"]}
+    return _versioned(ident, version)
+
+
 def drift(old: Study, new: Study, version: int) -> list[str]:
     """Field-by-field differences of what the recorded jobs' results depend on (``section.field: old -> new``)."""
     return _diff(result_view(old, version, full=True), result_view(new, version, full=True))
@@ -131,6 +143,11 @@ def _section(study: Study, version: int, name: str, full: bool = False) -> dict[
     if version == 1:
         return _strip_at(dump, _AFTER_V1[name])
     return dump if full else _non_default(dump, pinned_defaults(version)[name])
+
+
+def _posthoc(study: Study, full: bool) -> dict[str, Any]:
+    dump = _drop(study.posthoc.model_dump(mode="json"), "posthoc", POSTHOC_SINCE)
+    return dump if full else _non_default(dump, pinned_defaults(POSTHOC_SINCE)["posthoc"])
 
 
 def _strip_at(dump: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:

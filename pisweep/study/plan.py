@@ -1,5 +1,5 @@
-"""Expand a study into jobs: stage-1 inits and stage-2 runs, with the epochs each run evaluates. Pure and
-deterministic.
+"""Expand a study into jobs: stage-1 inits, stage-2 runs and post-hoc fine-tunes of runs, with the epochs each
+evaluates. Pure and deterministic.
 
 Every job has a uid: a hash of the canonical JSON of its identity (study/identity.py: everything that changes its
 result, and nothing that does not), under the identity version its study was recorded with.
@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pisweep.errors import PlanError
-from pisweep.study.identity import IDENTITY_VERSION, init_identity, result_view, run_identity, uid_of
+from pisweep.study.identity import (
+    IDENTITY_VERSION,
+    init_identity,
+    posthoc_identity,
+    result_view,
+    run_identity,
+    uid_of,
+)
 from pisweep.study.spec import Study
 
 MAX_JOBS = 100_000  # a grid above these is refused before it is expanded (raise with --max-jobs / --max-evals)
@@ -36,20 +43,35 @@ class InitJob:
 
 @dataclass(frozen=True)
 class RunJob:
-    """One stage-2 contrastive training: a cell of the grid."""
+    """A cell of the grid with weights to evaluate: a stage-2 contrastive training (kind "train"), or a post-hoc
+    fine-tune (kind "posthoc": init "posthoc") of the weights a random run has after epoch ``source_epoch``, which
+    it evaluates as its epoch ``source_epoch``; its scale, epochs and seed are its source's (its group and pair)."""
 
     uid: str
-    init: str  # "random" | "perceptual" | "shuffled"
+    init: str  # "random" | "perceptual" | "shuffled" | "posthoc"
     init_uid: str | None
     scale: str
     epochs: int
     seed: int
     eval_epochs: tuple[int, ...]
     identity: dict[str, Any] = field(compare=False, repr=False)
+    source: str | None = None  # (posthoc) the run whose weights it fine-tunes
+    source_epoch: int | None = None  # (posthoc) the epoch of those weights
+    keep_epochs: tuple[int, ...] = ()  # (train) epochs whose weights a post-hoc cell needs: kept whatever retention
+
+    @property
+    def kind(self) -> str:
+        return "posthoc" if self.source is not None else "train"
 
     @property
     def label(self) -> str:
-        return f"{self.init}-{self.scale}-e{self.epochs}-s{self.seed}"
+        at = f"-at{self.source_epoch}" if self.source is not None else ""
+        return f"{self.init}-{self.scale}-e{self.epochs}-s{self.seed}{at}"
+
+    @property
+    def depends_on(self) -> str | None:
+        """The job this one starts from: its init, or (posthoc) its source run."""
+        return self.source if self.source is not None else self.init_uid
 
 
 @dataclass(frozen=True)
@@ -98,12 +120,14 @@ def grid_size(study: Study) -> GridSize:
     g = study.grid
     per_cell = len(g.scale) * len(g.seed)
     evaluated = sum(e // study.eval.every + (1 if e % study.eval.every else 0) for e in g.epochs)
-    methods = {i for i in g.init if i != "random"}
+    trained = [i for i in g.init if i != "posthoc"]
+    methods = {i for i in trained if i != "random"}
     if methods - {"perceptual"} and matched_handoff(study):
         methods.add("perceptual")  # a control's hand-off epoch is its seed's perceptual init's
+    posthoc = per_cell * sum(len(study.posthoc.source_epochs(e)) for e in g.epochs) if "posthoc" in g.init else 0
     return GridSize(inits=len(g.seed) * len(methods),
-                    runs=per_cell * len(g.epochs) * len(g.init),
-                    evals=per_cell * len(g.init) * evaluated * len(suite_tasks(study)))
+                    runs=per_cell * len(g.epochs) * len(trained) + posthoc,
+                    evals=(per_cell * len(trained) * evaluated + posthoc) * len(suite_tasks(study)))
 
 
 def check_grid_size(study: Study, max_jobs: int = MAX_JOBS, max_evals: int = MAX_EVALS) -> GridSize:
@@ -140,12 +164,23 @@ def make_plan(study: Study, identity_version: int = IDENTITY_VERSION) -> Plan:
             inits[(method, seed)] = InitJob(uid_of("init", ident), method, seed, ident, after)
         return inits[(method, seed)]
 
+    posthoc = "posthoc" in study.grid.init
     for scale in study.grid.scale:
         for epochs in study.grid.epochs:
+            sources = study.posthoc.source_epochs(epochs) if posthoc else []
             for seed in study.grid.seed:
                 for init in study.grid.init:
+                    if init == "posthoc":
+                        continue
                     init_uid = init_of(init, seed).uid if init != "random" else None
                     ident = run_identity(view, identity_version, init, init_uid, scale, epochs, seed)
-                    runs.append(RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
-                                       eval_epochs(epochs, study.eval.every), ident))
+                    keep = tuple(sources) if init == "random" else ()
+                    run = RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
+                                 eval_epochs(epochs, study.eval.every), ident, keep_epochs=keep)
+                    runs.append(run)
+                    if init == "random":
+                        for at in sources:
+                            pid = posthoc_identity(view, identity_version, run.uid, at)
+                            runs.append(RunJob(uid_of("posthoc", pid), "posthoc", None, scale, epochs, seed, (at,),
+                                               pid, source=run.uid, source_epoch=at))
     return Plan(study.name, tuple(inits.values()), tuple(runs), tasks, identity_version)

@@ -23,10 +23,15 @@ LN_100 = 4.60517
 #: §1.5's 2500 warmup steps as the share of its run they are: 2500 of 58 592 (15M // 8192 steps x 32 epochs).
 WARMUP_FRACTION = 0.04267
 
+#: The post-hoc fine-tune's optimizer: config/trainingconfig/nights_ft_from_yfcc.json optimizer Adam lr 1e-5,
+#: weight_decay 0, betas (0.9, 0.999); scheduler warmup_steps 150 (Adam = AdamW at weight decay 0).
+POSTHOC_OPTIM: dict[str, Any] = {"lr": 1e-5, "weight_decay": 0.0, "betas": [0.9, 0.999], "warmup_steps": 150}
+
 #: What a section that a file gives in part still needs from the recipe (the rest are the spec's defaults).
 OPENCLIP: dict[str, Any] = {
     "stage1": {"optim": {"warmup_steps": 150}},  # §1.4: 150 warmup steps
     "stage2": {"optim": {"warmup_fraction": WARMUP_FRACTION}},
+    "posthoc": {"optim": POSTHOC_OPTIM},
 }
 
 AUTHORS: dict[str, Any] = {
@@ -57,6 +62,11 @@ AUTHORS: dict[str, Any] = {
         # declip_yfcc15m_litdata_vitb32.json scheduler warmup_steps 2500, min_lr 0; _get_lr_scheduler as it runs:
         # the loader's length is unknown when configure_optimizers runs, so 12 500 steps per epoch
         "optim": {"warmup_steps": 2500, "schedule": "fork"},
+    },
+    "posthoc": {
+        # nights_ft_from_yfcc.json: the same NIGHTS loader (drop_last=True) and _get_lr_scheduler as stage 1
+        "drop_last": True,
+        "optim": {**POSTHOC_OPTIM, "schedule": "fork"},
     },
 }
 

@@ -15,7 +15,9 @@ from pisweep.data.synth_config import SynthConfig
 from pisweep.study.names import check_text, is_name
 from pisweep.study.recipe import WARMUP_FRACTION, with_recipe
 
-InitMethod = Literal["random", "perceptual", "shuffled"]
+#: The arms of the grid: "random", "perceptual" and its control "shuffled" are stage-2 runs from their init;
+#: "posthoc" fine-tunes a random run's vision tower on NIGHTS after pretraining (the section ``posthoc``).
+InitMethod = Literal["random", "perceptual", "shuffled", "posthoc"]
 RecipeName = Literal["openclip", "authors"]
 #: Learning-rate schedules (study/schedule.py): "cosine" is open_clip_train's (warmup (step+1)/W, the cosine sized
 #: to the run's optimizer steps); "fork" is the authors' Lightning LambdaLR as it runs (warmup step/W, the cosine
@@ -131,21 +133,20 @@ class OptimSpec(Strict):
         return self
 
 
-class Stage1Spec(Strict):
-    """Perceptual init on NIGHTS (§1.4, the authors' Lightning preset nights_init_vitb32)."""
+class NightsFit(Strict):
+    """A training of the vision tower on NIGHTS triplets with the 2AFC hinge: stage 1 (the init) and the post-hoc
+    fine-tune share these fields; their defaults are each one's own."""
 
-    epochs: int = Field(32, ge=1)  # §1.4: 32 epochs
-    global_batch_size: int = Field(768, ge=1)  # §1.4: 128 per device x 6 devices
-    margin: float = Field(0.05, gt=0)  # §1.4: hinge margin 0.05
+    epochs: int = Field(32, ge=1)
+    global_batch_size: int = Field(768, ge=1)
+    margin: float = Field(0.05, gt=0)  # hinge margin on d = 1 - cos
     min_votes: int = Field(6, ge=1)  # §2.2: keep rows with votes >= 6
     drop_last: bool = False  # leave out an epoch's last, partial batch (the fork's NIGHTS loader: drop_last=True)
-    optim: OptimSpec = OptimSpec(warmup_steps=150)  # §1.4: 150 warmup steps
-    # The epoch stage 2 starts from: "best_val" the lowest NIGHTS val loss (§1.4's checkpoint monitor), "last" the
-    # last epoch (what every stage-2 consumer of the fork loads: last.ckpt), or a fixed epoch. Control inits hand
-    # on the epoch their seed's perceptual init hands on, so every arm gets as many stage-1 updates.
+    optim: OptimSpec = OptimSpec(warmup_steps=150)
+    # The epoch handed on: "best_val" the lowest NIGHTS val loss, "last" the last epoch, or a fixed epoch (training
+    # stops there; the schedule stays the full run's).
     handoff: Literal["best_val", "last"] | int = "best_val"
     workers: int = Field(2, ge=0)
-    seed_offset: int = 0  # stage-1 seed = run seed + offset (the authors used 42 for one run)
 
     @field_validator("handoff")
     @classmethod
@@ -155,9 +156,9 @@ class Stage1Spec(Strict):
         return v
 
     @model_validator(mode="after")
-    def _handoff_in_range(self) -> "Stage1Spec":
+    def _handoff_in_range(self) -> "NightsFit":
         if isinstance(self.handoff, int) and self.handoff > self.epochs:
-            raise ValueError(f"handoff epoch {self.handoff} is after the last stage-1 epoch ({self.epochs})")
+            raise ValueError(f"handoff epoch {self.handoff} is after the last epoch ({self.epochs})")
         return self
 
     def fixed_handoff(self) -> int | None:
@@ -165,6 +166,68 @@ class Stage1Spec(Strict):
         if isinstance(self.handoff, int):
             return self.handoff
         return None if self.handoff == "best_val" else self.epochs
+
+
+class Stage1Spec(NightsFit):
+    """Perceptual init on NIGHTS (§1.4, the authors' Lightning preset nights_init_vitb32): the whole vision tower,
+    from its random init. ``handoff``: "best_val" is §1.4's checkpoint monitor, "last" what every stage-2 consumer of
+    the fork loads (last.ckpt). Control inits hand on the epoch their seed's perceptual init hands on, so every arm
+    gets as many stage-1 updates."""
+
+    epochs: int = Field(32, ge=1)  # §1.4: 32 epochs
+    global_batch_size: int = Field(768, ge=1)  # §1.4: 128 per device x 6 devices
+    margin: float = Field(0.05, gt=0)  # §1.4: hinge margin 0.05
+    optim: OptimSpec = OptimSpec(warmup_steps=150)  # §1.4: 150 warmup steps
+    seed_offset: int = 0  # stage-1 seed = run seed + offset (the authors used 42 for one run)
+
+
+#: open_clip's vision blocks hold their attention's packed QKV projection as in_proj_weight / in_proj_bias.
+QKV = "visual.transformer.resblocks.*.attn.in_proj_*"
+
+
+class PosthocSpec(NightsFit):
+    """The post-hoc arm (grid.init "posthoc"): a random run's weights at a pretraining epoch, fine-tuned on NIGHTS.
+    Defaults: the fork's config/trainingconfig/nights_ft_from_yfcc.json (only the vision blocks' attention QKV
+    projections train, Adam lr 1e-5 without weight decay, betas (0.9, 0.999), batch 16, 64 epochs, 150 warmup steps
+    then cosine, margin 0.05, bf16 on GPU, hand-off of the last epoch)."""
+
+    # The source epochs of each random run: "last" (its last epoch) and/or epochs; a run gets a post-hoc cell for
+    # each of them that it reaches. Their weights are kept whatever stage2.keep_weights says.
+    from_epochs: list[int | Literal["last"]] = Field(default_factory=lambda: ["last"], min_length=1)
+    # fnmatch patterns over the model's parameter names: the parameters that train (every other one is frozen and
+    # stays bitwise the source's); they must name vision-tower parameters ("visual.").
+    trainable: list[str] = Field(default_factory=lambda: [QKV], min_length=1)
+    epochs: int = Field(64, ge=1)
+    global_batch_size: int = Field(16, ge=1)
+    # Adam = AdamW at weight decay 0
+    optim: OptimSpec = OptimSpec(lr=1e-5, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=150)
+    handoff: Literal["best_val", "last"] | int = "last"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+
+    @field_validator("from_epochs")
+    @classmethod
+    def _from_epochs(cls, v: list) -> list:
+        if any(isinstance(e, int) and e < 1 for e in v):
+            raise ValueError("a source epoch must be >= 1 (or \"last\")")
+        dup = sorted(str(x) for x, n in Counter(v).items() if n > 1)
+        if dup:
+            raise ValueError(f"duplicate values {dup}")
+        return v
+
+    @field_validator("trainable")
+    @classmethod
+    def _visual(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not p.startswith("visual.")]
+        if bad:
+            raise ValueError(f"patterns {bad} do not name vision-tower parameters (they must start with 'visual.'): "
+                             "the post-hoc arm fine-tunes the vision tower only")
+        return v
+
+    def source_epochs(self, epochs: int) -> list[int]:
+        """The source epochs of a run of ``epochs`` epochs, in order: "last" is ``epochs``; later ones are left
+        out."""
+        wanted = {epochs if isinstance(e, str) else e for e in self.from_epochs}  # (the one word is "last")
+        return sorted(e for e in wanted if e <= epochs)
 
 
 class Stage2Spec(Strict):
@@ -257,6 +320,7 @@ class ExecutorSpec(Strict):
     init: Resources = Resources()
     train: Resources = Resources()
     eval: Resources = Resources()
+    posthoc: Resources = Resources()  # the post-hoc fine-tunes (one rank, like an init)
     max_failures: int = Field(2, ge=0)  # retries of a failed job before the cell is failed
     max_timeouts: int = Field(3, ge=0)
 
@@ -278,6 +342,7 @@ class Study(Strict):
     model: ModelSpec = ModelSpec()
     stage1: Stage1Spec = Stage1Spec()
     stage2: Stage2Spec = Stage2Spec()
+    posthoc: PosthocSpec = PosthocSpec()
     eval: EvalSpec = EvalSpec()
     grid: GridSpec
     wandb: WandbSpec = WandbSpec()
@@ -310,6 +375,13 @@ def cross_field_problems(study: Study) -> list[tuple[tuple[str | int, ...], str]
             if task not in SUITE_KEYS:
                 problems.append((("eval", "tasks", i), f"unknown task {task!r}; the suite's keys are: "
                                                        + ", ".join(SUITE_KEYS)))
+    if "posthoc" in study.grid.init:
+        if "random" not in study.grid.init:
+            problems.append((("grid", "init"), "the posthoc arm fine-tunes the random arm's runs: add random"))
+        late = [e for e in study.posthoc.from_epochs if isinstance(e, int) and e > max(study.grid.epochs)]
+        if late:
+            problems.append((("posthoc", "from_epochs"), f"source epochs {late} are after the longest run "
+                                                         f"({max(study.grid.epochs)} epochs, grid.epochs)"))
     if study.executor.name == "slurm" and not study.executor.profile:
         problems.append((("executor", "profile"), "executor 'slurm' needs a site profile (a file in slurm_templates/)"))
     return problems

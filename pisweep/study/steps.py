@@ -27,6 +27,12 @@ def plan_steps(study: Study, plan: Plan) -> dict[str, dict[str, Any]]:
     cache: dict[tuple[str, int], dict[str, Any]] = {}
     out = {}
     for r in plan.runs:
+        if r.source is not None:  # a NIGHTS fine-tune: its steps depend on the NIGHTS rows read when it runs
+            ph = study.posthoc
+            out[r.uid] = {"schedule": ph.optim.schedule, "finetune_epochs": ph.epochs,
+                          "global_batch": ph.global_batch_size, "warmup_steps": ph.optim.warmup_steps,
+                          "source": r.source, "source_epoch": r.source_epoch}
+            continue
         key = (r.scale, r.epochs)
         if key not in cache:
             cache[key] = schedule_json(run_schedule(study, r.scale, r.epochs))
@@ -38,7 +44,7 @@ def compare_recipes(studies: dict[str, Study]) -> dict[str, Any]:
     """One study file under each recipe (``studies``: recipe name -> the study loaded with it): the fields where
     they differ, and per scale (at the grid's longest run) the steps, warmup and LR of each."""
     names = list(studies)
-    dumps = {n: {sec: getattr(st, sec).model_dump(mode="json") for sec in ("model", "stage1", "stage2")}
+    dumps = {n: {sec: getattr(st, sec).model_dump(mode="json") for sec in ("model", "stage1", "stage2", "posthoc")}
              for n, st in studies.items()}
     for n, st in studies.items():
         dumps[n]["data"] = {"subset": st.data.subset, "subset_seed": st.data.subset_seed}

@@ -2,8 +2,9 @@
 
 A stage-1 init runs when it is not completed (a control that hands on its seed's perceptual epoch, once that
 init is completed); a stage-2 run when its init is completed (or it needs none); an init that failed past the
-retry budget blocks its runs (and the controls that wait for it), with the reason. An eval is due for every
-evaluated epoch whose weights file exists and whose task has no result yet.
+retry budget blocks its runs (and the controls that wait for it), with the reason. A post-hoc fine-tune runs
+when its source run has the weights of its source epoch (or is completed), and is blocked when that run failed for
+good. An eval is due for every evaluated epoch whose weights file exists and whose task has no result yet.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class Work:
     inits: list[InitJob] = field(default_factory=list)
     inits_waiting: list[InitJob] = field(default_factory=list)  # for the init they take their hand-off from
     runs: list[RunJob] = field(default_factory=list)  # ready now
-    waiting: list[RunJob] = field(default_factory=list)  # their init is not completed yet
+    waiting: list[RunJob] = field(default_factory=list)  # their init (posthoc: their source epoch) is not done yet
     blocked: dict[str, str] = field(default_factory=dict)  # run or init uid -> reason
     failed: dict[str, str] = field(default_factory=dict)  # job uid -> reason (retry budget spent)
     evals: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # run uid -> [(epoch, task)]
@@ -63,6 +64,8 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
         if state != "completed":
             if row is not None and row.failed_for_good(max_failures):
                 work.failed[run.uid] = row.reason or "failed"
+            elif run.source is not None:
+                _posthoc(work, run, snap)
             elif run.init_uid is None or init_state.get(run.init_uid) == "ok":
                 work.runs.append(run)
             elif init_state.get(run.init_uid) == "failed":
@@ -84,3 +87,15 @@ def next_work(plan: Plan, snap: Snapshot, max_failures: int, retry_failed_evals:
         if due:
             work.evals[run.uid] = due
     return work
+
+
+def _posthoc(work: Work, run: RunJob, snap: Snapshot) -> None:
+    """A post-hoc cell (its source run comes before it in the plan, so the source's fate is known)."""
+    src = snap.jobs.get(run.source)
+    if src is not None and src.state == "completed" or run.source_epoch in snap.weights.get(run.source, set()):
+        work.runs.append(run)
+    elif run.source in work.failed or run.source in work.blocked:
+        why = work.failed.get(run.source) or work.blocked.get(run.source)
+        work.blocked[run.uid] = f"its source run {src.label if src else run.source} failed: {why}"
+    else:
+        work.waiting.append(run)

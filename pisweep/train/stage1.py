@@ -29,7 +29,7 @@ from pisweep.job.context import JobContext, Preempted
 from pisweep.job.paths import JobPaths
 from pisweep.models import create_model
 from pisweep.study.schedule import make_schedule, stage1_steps_per_epoch
-from pisweep.study.spec import Study
+from pisweep.study.spec import NightsFit, Study
 from pisweep.train.augment import model_image_size, model_mean_std, nights_transform
 from pisweep.train.checkpoint import load_resume, save_resume, save_weights
 from pisweep.train.determinism import (
@@ -97,7 +97,8 @@ def run_stage1(ctx: JobContext, study: Study, method: str, seed: int, nights_roo
     epoch = handed_on_epoch(handoff_from) if handoff_from is not None else study.stage1.fixed_handoff()
     if epoch is not None and not 1 <= epoch <= study.stage1.epochs:
         raise TrainingError(f"hand-off epoch {epoch} is not one of stage 1's epochs 1..{study.stage1.epochs}")
-    return _Stage1(ctx, study, method, seed, Path(nights_root), device, epoch).run()
+    return NightsTrainer(ctx, study, method, seed + study.stage1.seed_offset, Path(nights_root), device,
+                         epoch).run()
 
 
 def handed_on_epoch(folder: Path) -> int:
@@ -110,17 +111,25 @@ def handed_on_epoch(folder: Path) -> int:
                             f"not readable ({exc}): that init has not completed") from exc
 
 
-class _Stage1:
+class NightsTrainer:
+    """A training of the vision tower on NIGHTS with the 2AFC hinge, resumable at every batch. As it stands: stage 1
+    (the whole vision tower from its seeded random init; the chosen epoch becomes ``init.pt``). The post-hoc
+    fine-tune (train/posthoc.py) overrides where it starts, what trains, and what it hands on."""
+
+    #: what the epoch reports are of (the ledger's metrics task): stage 1 reports "train"
+    report_task: str | None = None
+
     def __init__(self, ctx: JobContext, study: Study, method: str, seed: int, root: Path, device: str,
-                 handoff_epoch: int | None = None):
+                 handoff_epoch: int | None = None, fit: NightsFit | None = None):
         from pisweep.data import nights  # written beside this module; imported late so this module imports alone
 
         if ctx.world_size > 1:
-            raise TrainingError(f"job {ctx.uid}: stage 1 runs on one rank (it is small), not {ctx.world_size}")
-        self.ctx, self.s1, self.method = ctx, study.stage1, method
+            raise TrainingError(f"job {ctx.uid}: a NIGHTS training runs on one rank (it is small), not "
+                                f"{ctx.world_size}")
+        self.ctx, self.study, self.s1, self.method = ctx, study, fit or study.stage1, method
         self.handoff_epoch = handoff_epoch  # None: the epoch with the lowest val loss
         self.last_epoch = handoff_epoch or self.s1.epochs  # training stops after the epoch it hands on
-        self.seed = seed + self.s1.seed_offset
+        self.seed = seed
         self.dev = setup_device(device)
         self.folder = Path(ctx.folder)
         self.init_path = JobPaths(self.folder).init_weights
@@ -128,7 +137,7 @@ class _Stage1:
         train = nights.read_triplets(root, "train", self.s1.min_votes)
         evals = nights.subsets(root, self.s1.min_votes)
         seed_everything(self.seed)
-        model, _, _, _ = create_model(study.model.name, study.model.config, device="cpu")
+        model = self._make_model()
         self.model = model.to(self.dev)
         transform = nights_transform(model_image_size(model), *model_mean_std(model))
         shuffled = method == "shuffled"
@@ -142,13 +151,13 @@ class _Stage1:
         self.batch = min(self.s1.global_batch_size, len(self.train_ds))
         self.per_epoch = stage1_steps_per_epoch(len(self.train_ds), self.batch, self.s1.drop_last)
         self.schedule = make_schedule(self.s1.optim, self.per_epoch, self.s1.epochs)
-        visual = [(f"visual.{n}", p) for n, p in self.model.visual.named_parameters()]
-        self.optimizer = build_adamw(visual, self.s1.optim)
+        self.optimizer = build_adamw(self._trainable(), self.s1.optim)
         self.fingerprint = {"model": study.model.name, "config": study.model.config, "method": method,
                             "seed": self.seed, "epochs": self.s1.epochs, "batch": self.batch,
                             "train_triplets": len(self.train_ds), "min_votes": self.s1.min_votes}
         if handoff_epoch is not None:  # (absent under best_val: resume states written before the option stay valid)
             self.fingerprint["handoff_epoch"] = handoff_epoch
+        self.fingerprint.update(self._fingerprint())
         self.epoch, self.batch_in_epoch, self.step = 1, 0, 0
         self.loss_sum, self.loss_n = 0.0, 0
         self.best: dict[str, Any] | None = None
@@ -165,6 +174,42 @@ class _Stage1:
         n_eval = len(self.eval_all)
         self.eval_sampler.batches = [list(range(i, min(i + self.batch, n_eval))) for i in range(0, n_eval, self.batch)]
         self.eval_loader = make_loader(self.eval_all, self.eval_sampler, self.s1.workers, pin, seed=self.seed)
+
+    # ---- what a training of this kind starts from, trains, and hands on ---------------------------------------
+    def _make_model(self) -> torch.nn.Module:
+        """The seeded open_clip model (the global RNGs are seeded with the job's seed just before)."""
+        model, _, _, _ = create_model(self.study.model.name, self.study.model.config, device="cpu")
+        return model
+
+    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of what the optimizer trains: the whole vision tower."""
+        return [(f"visual.{n}", p) for n, p in self.model.visual.named_parameters()]
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What else a resume state must match (nothing, for stage 1)."""
+        return {}
+
+    @property
+    def precision(self) -> str:
+        return "auto"
+
+    def _save_chosen(self, epoch: int) -> tuple[str, int]:
+        """Write the weights of ``epoch``, the one handed on so far; (sha256, bytes)."""
+        return save_weights(self.init_path, epoch, self.model)
+
+    def _hand_on(self) -> Path:
+        """After the last epoch: say what was handed on (handoff.json, the init_selected event)."""
+        if self.best is None or not self.init_path.exists():
+            raise TrainingError(f"stage 1 in {self.folder} finished without an init checkpoint")
+        if self.ctx.rank == 0:
+            rule = self.s1.handoff if self.handoff_epoch is None or self.s1.handoff != "best_val" else "matched"
+            atomic_write_json(JobPaths(self.folder).handoff, {"epoch": self.best["epoch"], "rule": rule,
+                                                              "val_loss": self.best["val_loss"],
+                                                              "sha256": self.best["sha256"]})
+        self.ctx.emit("init_selected", epoch=self.best["epoch"], path=str(self.init_path),
+                      val_loss=self.best["val_loss"], kind="init", sha256=self.best["sha256"],
+                      bytes=self.best["bytes"])
+        return self.init_path
 
     # ---- state ------------------------------------------------------------------------------------------
     def _restore(self, state: dict[str, Any]) -> None:
@@ -196,17 +241,7 @@ class _Stage1:
         if not self.finished:
             self.finished = True
             self._save_resume()
-        if self.best is None or not self.init_path.exists():
-            raise TrainingError(f"stage 1 in {self.folder} finished without an init checkpoint")
-        if self.ctx.rank == 0:
-            rule = self.s1.handoff if self.handoff_epoch is None or self.s1.handoff != "best_val" else "matched"
-            atomic_write_json(JobPaths(self.folder).handoff, {"epoch": self.best["epoch"], "rule": rule,
-                                                              "val_loss": self.best["val_loss"],
-                                                              "sha256": self.best["sha256"]})
-        self.ctx.emit("init_selected", epoch=self.best["epoch"], path=str(self.init_path),
-                      val_loss=self.best["val_loss"], kind="init", sha256=self.best["sha256"],
-                      bytes=self.best["bytes"])
-        return self.init_path
+        return self._hand_on()
 
     def _train_epoch(self) -> None:
         self.sampler.batches = epoch_batches(len(self.train_ds), self.batch, self.seed, self.epoch,
@@ -219,7 +254,7 @@ class _Stage1:
             lr = self.schedule.lr_at(self.step)
             set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.dev, "auto"):
+            with autocast(self.dev, self.precision):
                 d0, d1 = triplet_distances(self.model, ref, left, right)
             loss = hinge_loss(d0, d1, target, self.s1.margin)
             loss.backward()
@@ -245,7 +280,7 @@ class _Stage1:
         self.model.eval()
         d0s, d1s = [], []
         for ref, left, right, _ in self.eval_loader:
-            with autocast(self.dev, "auto"):
+            with autocast(self.dev, self.precision):
                 d0, d1 = triplet_distances(self.model, *(x.to(self.dev, non_blocking=True)
                                                          for x in (ref, left, right)))
             d0s.append(d0.float().cpu())
@@ -281,9 +316,11 @@ class _Stage1:
         chosen = e == self.handoff_epoch if self.handoff_epoch is not None else \
             math.isfinite(val_loss) and (self.best is None or val_loss < self.best["val_loss"])
         if chosen:
-            sha, nbytes = save_weights(self.init_path, e, self.model) if self.ctx.rank == 0 else ("", 0)
+            sha, nbytes = self._save_chosen(e) if self.ctx.rank == 0 else ("", 0)
             self.best = {"epoch": e, "val_loss": val_loss, "sha256": sha, "bytes": nbytes}
         self.unreported = {"epoch": e, "step": self.step, "metrics": metrics}
+        if self.report_task:
+            self.unreported["task"] = self.report_task
         self.epoch, self.batch_in_epoch, self.loss_sum, self.loss_n = e + 1, 0, 0.0, 0
         self.ctx.epoch = e
         self.finished = self.epoch > self.last_epoch

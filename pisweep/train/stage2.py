@@ -9,7 +9,8 @@ With several ranks (DDP, started by the node launcher, runner/launch.py) each ra
 does not depend on the rank count either; rank 0 alone writes files and events, a stop is agreed at a step
 boundary by a collective, and the ranks check once per epoch that their parameters are still identical.
 Retention (stage2.keep_weights / keep_resume): weights files of the evaluated epochs only, by default (and epoch 0,
-the weights the run starts from, when the job asks for it: NIGHTS 2AFC is evaluated there), and the resume state
+the weights the run starts from, when the job asks for it: NIGHTS 2AFC is evaluated there; and the source epochs
+of the run's post-hoc cells, whatever the setting), and the resume state
 shrinks to a small completion marker when the run ends.
 """
 from __future__ import annotations
@@ -114,16 +115,17 @@ def contrastive_step(net: torch.nn.Module, model: torch.nn.Module, loss_fn: Clip
 
 def run_stage2(ctx: JobContext, study: Study, *, init: str, init_weights: Path | None, shards: str,
                samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str = "cpu",
-               start_weights: bool = False) -> None:
+               start_weights: bool = False, keep_epochs: Sequence[int] = ()) -> None:
     """Train one stage-2 run in ``ctx.folder``, resuming from ``resume/state.pt`` when present. ``start_weights``:
     also save the weights the run starts from as epoch 0 (NIGHTS 2AFC is evaluated there)."""
-    _Stage2(ctx, study, init, init_weights, shards, samples, epochs, seed, eval_epochs, device, start_weights).run()
+    _Stage2(ctx, study, init, init_weights, shards, samples, epochs, seed, eval_epochs, device, start_weights,
+            keep_epochs).run()
 
 
 class _Stage2:
     def __init__(self, ctx: JobContext, study: Study, init: str, init_weights: Path | None, shards: str,
                  samples: int, epochs: int, seed: int, eval_epochs: Sequence[int], device: str,
-                 start_weights: bool = False):
+                 start_weights: bool = False, keep_epochs: Sequence[int] = ()):
         self.ctx, self.study, self.s2 = ctx, study, study.stage2
         self.init, self.seed, self.epochs = init, seed, epochs
         self.dev = setup_device(device)
@@ -154,6 +156,7 @@ class _Stage2:
         self.loss_sum, self.loss_n = 0.0, 0  # running mean of this epoch's train loss
         self.weights_epochs = set(range(1, epochs + 1)) if self.s2.keep_weights == "all" \
             else set(eval_epochs) | {epochs}  # the epochs the plan evaluates, and the last
+        self.weights_epochs |= set(keep_epochs)  # the source epochs of the run's post-hoc cells
         if start_weights:
             self.weights_epochs.add(0)
         self.unreported: dict[str, Any] | None = None  # this epoch's epoch_done, until it is written (epoch_report)

@@ -104,8 +104,11 @@ def wait_for_state(cluster, path: Path, label: str, state: str, timeout_s: float
 
 def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tmp_path, synth_root):
     name = f"slurm-ci-{int(time.time())}"  # unique: sacct keeps the jobs of earlier runs under their names
-    # with the shuffled control: its init is submitted with afterok on the perceptual init, whose epoch it hands on
-    path = write_study(tmp_path, synth_root, name, **{"grid.init": ["random", "perceptual", "shuffled"]})
+    # with the shuffled control: its init is submitted with afterok on the perceptual init, whose epoch it hands on;
+    # and the posthoc arm: its fine-tune is submitted with afterok on its source run, and submits its own eval job
+    path = write_study(tmp_path, synth_root, name, **{"grid.init": ["random", "perceptual", "shuffled", "posthoc"],
+                                                     "posthoc": {"epochs": 1, "workers": 0},
+                                                     "executor.posthoc": SHAPE})
     assert main(["submit", str(path)]) == 0
     # From here no pisweep command runs: the eval jobs must come from the training jobs themselves.
     def all_done():
@@ -114,10 +117,11 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
         states = [s[-1] for s in jobs.values()]
         if any(s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") for s in states):
             pytest.fail(f"a job ended badly: {jobs}")
-        return jobs if sum(len(v) for v in evals.values()) == 6 and set(states) == {"COMPLETED"} else None
+        return jobs if sum(len(v) for v in evals.values()) == 7 and set(states) == {"COMPLETED"} else None
 
-    jobs = slurm_cluster.wait_until(all_done, 420, "the study's jobs, eval jobs included, to complete")
+    jobs = slurm_cluster.wait_until(all_done, 480, "the study's jobs, eval jobs included, to complete")
     assert sum(".init." in n for n in jobs) == 2 and sum(".train." in n for n in jobs) == 3
+    assert sum(".posthoc." in n for n in jobs) == 1
     # Now pisweep reads what the jobs reported.
     status = reconciled_status(path)
     assert {c["state"] for c in status["cells"]} == {"completed"}, status["cells"]
@@ -127,6 +131,8 @@ def test_study_completes_with_evals_submitted_by_training_jobs(slurm_cluster, tm
             assert cell["main_metric"]["epoch"] == 2
     handed = {c["label"]: c["main_metric"]["epoch"] for c in status["cells"] if c["kind"] == "init"}
     assert handed["init-shuffled-s0"] == handed["init-perceptual-s0"]  # the control hands on the same epoch
+    (post,) = [c for c in status["cells"] if c["kind"] == "posthoc"]
+    assert post["evals"].get("done") == 6 and post["main_metric"]["epoch"] == 2
     # A second submit submits nothing.
     before = pisweep_jobs(name)
     assert main(["submit", str(path)]) == 0
