@@ -28,6 +28,14 @@ ExecutorName = Literal["local", "slurm"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
+def no_duplicates(v: list) -> list:
+    """``v``, or the error that names the values it repeats."""
+    dup = sorted(str(x) for x, n in Counter(v).items() if n > 1)
+    if dup:
+        raise ValueError(f"duplicate values {dup}")
+    return v
+
+
 class Strict(BaseModel):
     """Unknown keys refused, frozen, and no control character in any string (see pisweep/names.py)."""
 
@@ -209,10 +217,7 @@ class PosthocSpec(NightsFit):
     def _from_epochs(cls, v: list) -> list:
         if any(isinstance(e, int) and e < 1 for e in v):
             raise ValueError("a source epoch must be >= 1 (or \"last\")")
-        dup = sorted(str(x) for x, n in Counter(v).items() if n > 1)
-        if dup:
-            raise ValueError(f"duplicate values {dup}")
-        return v
+        return no_duplicates(v)
 
     @field_validator("trainable")
     @classmethod
@@ -283,10 +288,7 @@ class GridSpec(Strict):
     @field_validator("init", "scale", "epochs", "seed")
     @classmethod
     def _unique(cls, v: list) -> list:
-        dup = sorted(str(x) for x, n in Counter(v).items() if n > 1)
-        if dup:
-            raise ValueError(f"duplicate values {dup}")
-        return v
+        return no_duplicates(v)
 
     @field_validator("epochs")
     @classmethod
