@@ -139,7 +139,8 @@ def test_a_huge_grid_is_refused_from_its_axis_lengths_before_any_expansion(tmp_p
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("study", ["experiments/ci.yaml", "experiments/smoke.yaml", "experiments/main.yaml"])
+@pytest.mark.parametrize("study", ["experiments/ci.yaml", "experiments/smoke.yaml", "experiments/main.yaml",
+                                   "experiments/controls.yaml"])
 def test_the_counted_grid_size_is_what_the_plan_expands_to(study):
     s = load_study(ROOT / study)
     size, plan = grid_size(s), make_plan(s)

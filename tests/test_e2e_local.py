@@ -20,12 +20,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def study_file(tmp_path_factory):
-    """experiments/ci.yaml with its outputs moved into a temp folder, the shuffled control added (its init waits
-    for the perceptual one, whose epoch it hands on) and the posthoc arm (the random run's last epoch fine-tuned on
-    NIGHTS, one short epoch); shared by the tests of this module."""
+    """experiments/ci.yaml with its outputs moved into a temp folder, the controls added (the shuffled and pixel
+    inits wait for the perceptual one, whose epoch they hand on; norm_matched is made of its norms) and the posthoc
+    arm (the random run's last epoch fine-tuned on NIGHTS, one short epoch); shared by the tests of this module."""
     tmp = tmp_path_factory.mktemp("e2e")
     spec = yaml.safe_load((ROOT / "experiments/ci.yaml").read_text())
-    spec["grid"]["init"] = ["random", "perceptual", "shuffled", "posthoc"]
+    spec["grid"]["init"] = ["random", "perceptual", "shuffled", "pixel", "norm_matched", "posthoc"]
     spec["posthoc"] = {"epochs": 1, "optim": {"lr": 1e-3, "warmup_steps": 1}, "workers": 0}
     spec["output_root"] = str(tmp / "out")
     spec["data"]["synthetic"]["root"] = str(tmp / "data")
@@ -76,7 +76,9 @@ def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
     out = Path(yaml.safe_load(study_file.read_text())["output_root"])
     led = Ledger(out / "ledger.sqlite")
     inits = {c["label"]: c for c in status["cells"] if c["kind"] == "init"}
-    assert set(inits) == {"init-perceptual-s0", "init-shuffled-s0"}
+    assert set(inits) == {"init-perceptual-s0", "init-shuffled-s0", "init-pixel-s0", "init-norm_matched-s0"}
+    assert inits["init-norm_matched-s0"]["main_metric"] is None  # it does not train: no epoch of its own
+    norm_matched = inits.pop("init-norm_matched-s0")
     with led.engine.connect() as conn:
         losses = dict(conn.execute(select(t.metrics.c.epoch, t.metrics.c.value).where(
             t.metrics.c.job_uid == inits["init-perceptual-s0"]["uid"], t.metrics.c.metric == "val_loss")).all())
@@ -96,6 +98,8 @@ def test_submit_runs_the_study_to_completion(submitted, study_file, capsys):
             start = dict(conn.execute(select(t.metrics.c.metric, t.metrics.c.value).where(
                 t.metrics.c.job_uid == run["uid"], t.metrics.c.epoch == 0, t.metrics.c.task == "nights_2afc")).all())
             assert len(start) == 4 and start == handed
+        # norm_matched is made of the epoch the perceptual init handed on
+        assert json.loads((out / "inits" / norm_matched["uid"] / "handoff.json").read_text())["epoch"] == best
         # The posthoc cell fine-tuned the random run's epoch-2 weights (the file the ledger records, by sha256),
         # and is evaluated as epoch 2: the whole suite and NIGHTS.
         (post,) = [c for c in status["cells"] if c["kind"] == "posthoc"]
@@ -122,7 +126,7 @@ def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):
     led = Ledger(out / "ledger.sqlite")
     with led.engine.connect() as conn:
         runs = conn.execute(select(t.jobs.c.uid).where(t.jobs.c.kind == "train")).scalars().all()
-        assert len(runs) == 3
+        assert len(runs) == 5
         for uid in runs:
             for epoch in (1, 2):
                 tasks = conn.execute(select(t.metrics.c.task, func.count()).where(
@@ -134,7 +138,7 @@ def test_ledger_has_a_row_per_run_epoch_benchmark_metric(submitted, study_file):
                 assert len([k for k in counts if k != "nights_2afc"]) == 6
         weights = conn.execute(select(t.checkpoints.c.path).where(t.checkpoints.c.kind == "weights")).scalars().all()
     led.close()
-    assert len(weights) == 10  # epochs 0 (the starting weights, for NIGHTS), 1 and 2 of the three runs; posthoc's 2
+    assert len(weights) == 16  # epochs 0 (the starting weights, for NIGHTS), 1 and 2 of the five runs; posthoc's 2
     # A weights file loads with open_clip in a fresh process (the inline config lies next to it).
     code = ("import sys, open_clip; from pathlib import Path; p=Path(sys.argv[1]);"
             "open_clip.add_model_config(p.parent / 'pisweep-tiny.json');"
@@ -155,7 +159,7 @@ def test_second_submit_does_nothing(submitted, study_file, capsys):
 def test_report_has_the_arms_deltas_and_plot(submitted, capsys):
     rep = cli_json("report", "ci", capsys=capsys)
     main_curve = next(c for c in rep["curves"] if c["task"] == "imagenet1k")
-    assert main_curve["arms"] == ["random", "perceptual", "shuffled", "posthoc"]
+    assert main_curve["arms"] == ["random", "perceptual", "shuffled", "pixel", "norm_matched", "posthoc"]
     assert [r["epoch"] for r in main_curve["rows"]] == [1, 2]
     row = main_curve["rows"][-1]
     assert row["delta_perceptual"] == pytest.approx(row["perceptual"] - row["random"])

@@ -39,7 +39,8 @@ ONSET = 4  # perceptual is better from this epoch on (identical outcomes before 
 EPOCHS = 6
 
 
-def spec_text(root: Path, seeds: tuple[int, ...] = (0, 1, 2), inits: tuple[str, ...] = ("random", "perceptual")) -> str:
+def spec_text(root: Path, seeds: tuple[int, ...] = (0, 1, 2), inits: tuple[str, ...] = ("random", "perceptual"),
+              fractions: tuple[float, ...] = (1.0,)) -> str:
     return textwrap.dedent(f"""\
         name: rep
         output_root: {root / 'out'}
@@ -49,7 +50,8 @@ def spec_text(root: Path, seeds: tuple[int, ...] = (0, 1, 2), inits: tuple[str, 
           train: {{tiny: {{shards: "{root}/shards/{{0..3}}.tar", samples: 1000}}}}
         model: {{name: pisweep-tiny}}
         eval: {{tasks: {json.dumps(TASKS)}}}
-        grid: {{init: {json.dumps(list(inits))}, scale: [tiny], epochs: [{EPOCHS}], seed: {json.dumps(list(seeds))}}}
+        grid: {{init: {json.dumps(list(inits))}, scale: [tiny], epochs: [{EPOCHS}], seed: {json.dumps(list(seeds))},
+                nights_fraction: {json.dumps(list(fractions))}}}
     """)
 
 
@@ -77,8 +79,9 @@ def per_example(task: str, init: str, seed: int, epoch: int) -> dict[str, np.nda
 
 
 def make_study(root: Path, *, seeds=(0, 1, 2), inits=("random", "perceptual"), reached=None, skip_tasks=(),
-               npz: bool = True, failed: tuple[str, ...] = ()) -> app.Session:
-    """Record the study and write each run's events (and per-example files) up to its reached epoch; ingest."""
+               npz: bool = True, failed: tuple[str, ...] = (), fractions=(1.0,)) -> app.Session:
+    """Record the study and write each run's events (and per-example files) up to its reached epoch (a posthoc
+    cell: its source epoch); ingest. Only perceptual runs (any NIGHTS dose) carry the effect."""
     (root / "eval").mkdir(parents=True, exist_ok=True)
     for task in TASKS:
         if task not in skip_tasks:
@@ -86,7 +89,7 @@ def make_study(root: Path, *, seeds=(0, 1, 2), inits=("random", "perceptual"), r
             listing.parent.mkdir(parents=True, exist_ok=True)
             listing.write_text("1\n")
     spec = root / "rep.yaml"
-    spec.write_text(spec_text(root, seeds, inits))
+    spec.write_text(spec_text(root, seeds, inits, fractions))
     s = app.open_session(resolve(str(spec)))
     app.record(s)
     reached = reached or {}
@@ -97,7 +100,7 @@ def make_study(root: Path, *, seeds=(0, 1, 2), inits=("random", "perceptual"), r
         if last == 0:
             continue
         write_event(folder, run.uid, "attempt_started", att, executor="local", host="h", pid=1, world_size=1)
-        for epoch in range(1, last + 1):
+        for epoch in (run.eval_epochs if run.source else range(1, last + 1)):
             write_event(folder, run.uid, "epoch_done", att, epoch=epoch, step=epoch * 10, metrics={"train_loss": 1.0})
             write_event(folder, run.uid, "checkpoint", att, epoch=epoch, kind="weights",
                         path=str(folder / f"checkpoints/epoch_{epoch}.pt"), sha256="x", bytes=10, step=epoch * 10)
@@ -308,11 +311,75 @@ def test_study_with_a_shuffled_arm_compares_it_too(tmp_path):
         rep = report(s, assume_no_seed_noise=True)  # one seed per arm: judged from test-set noise, as asked
     finally:
         s.close()
-    assert rep["comparisons"] == ["perceptual-random", "perceptual-shuffled"]
+    assert rep["comparisons"] == ["perceptual-random", "shuffled-random", "perceptual-shuffled"]
     g = rep["groups"][0]
-    assert set(g["last"]) == {"perceptual-random", "perceptual-shuffled"}
-    # shuffled draws the random arm's outcomes here: both comparisons find the same effect
+    assert set(g["last"]) == {"perceptual-random", "shuffled-random", "perceptual-shuffled"}
+    # shuffled draws the random arm's outcomes here: both comparisons of perceptual find the same effect
     assert g["main"]["emergence"]["perceptual-shuffled"]["emergence_epoch"] == ONSET
+
+
+def test_verdicts_hold_their_error_rate_in_two_families(tmp_path):
+    """Every arm against random is one family, perceptual against each control and posthoc the other: Holm runs
+    over each family's (comparison, benchmark) pairs together. Only perceptual carries an effect here; pixel and
+    posthoc draw the random arm's outcomes (posthoc at its source epoch, the last)."""
+    import copy
+
+    from pisweep.report.doc_matrix import matrix
+    from pisweep.report.lastepoch import adjust_family
+
+    s = make_study(tmp_path, inits=("random", "perceptual", "pixel", "posthoc"))
+    try:
+        rep = report(s)
+        text = to_markdown(rep)
+    finally:
+        s.close()
+    assert rep["comparisons"] == ["perceptual-random", "pixel-random", "posthoc-random", "perceptual-pixel",
+                                  "perceptual-posthoc"]
+    (g,) = rep["groups"]
+    families = {"vs_random": ["perceptual-random", "pixel-random", "posthoc-random"],
+                "vs_perceptual": ["perceptual-pixel", "perceptual-posthoc"]}
+    for family, members in families.items():
+        tests = sum(1 for k in members for r in g["last"][k]["tasks"] if r["interval"] and r["interval"]["decides"])
+        assert tests == len(members) * len(TASKS)
+        for k in members:
+            last = g["last"][k]
+            assert last["holm"] == {"family": family, "name": last["holm"]["name"], "comparisons": members,
+                                    "tests": tests}
+            alone = copy.deepcopy(last)
+            adjust_family({k: alone}, last["alpha"], None)  # the same table adjusted on its own
+            for r, r1 in zip(last["tasks"], alone["tasks"]):
+                assert r["p_holm"] >= r1["p_holm"] >= r["interval"]["p"]  # a larger family adjusts more
+                assert r["outcome"] == ("win" if r["p_holm"] < 0.05 and r["interval"]["delta"] > 0 else
+                                        "loss" if r["p_holm"] < 0.05 else "tie")
+    # the known truth: perceptual wins everywhere against random, the controls and posthoc; nothing else does
+    for k in ("perceptual-random", "perceptual-pixel", "perceptual-posthoc"):
+        assert {r["outcome"] for r in g["last"][k]["tasks"]} == {"win"}, k
+    for k in ("pixel-random", "posthoc-random"):
+        assert {r["outcome"] for r in g["last"][k]["tasks"]} == {"tie"}, k
+        assert all(r["interval"]["delta"] == 0 for r in g["last"][k]["tasks"])
+    # posthoc enters at its source epoch only, without an emergence curve
+    assert g["main"]["emergence"]["posthoc-random"] == {"epochs_used": [EPOCHS], "at_source_epochs": True}
+    assert g["main"]["emergence"]["perceptual-pixel"]["emergence_epoch"] == ONSET
+    assert g["last"]["posthoc-random"]["epoch"] == EPOCHS
+    # the arm matrix: every arm against random on every benchmark
+    m = matrix(g)
+    assert m["arms"] == ["perceptual", "pixel", "posthoc"] and len(m["cells"]) == 3 * len(TASKS)
+    assert "every arm against random" in text and "Arm × benchmark" in text
+
+
+def test_the_dose_axis_shows_delta_and_emergence_against_the_fraction(tmp_path):
+    s = make_study(tmp_path, inits=("random", "perceptual"), fractions=(0.25, 1.0))
+    try:
+        rep = report(s)
+        text = to_markdown(rep)
+    finally:
+        s.close()
+    assert rep["comparisons"] == ["perceptual-random", "perceptual@0.25-random"]
+    (g,) = rep["groups"]
+    assert [(r["method"], r["fraction"]) for r in g["dose"]] == [("perceptual", 0.25), ("perceptual", 1.0)]
+    for r in g["dose"]:  # both doses carry the effect here
+        assert r["emergence_epoch"] == ONSET and r["delta"] > 0 and r["epoch"] == EPOCHS
+    assert "How much NIGHTS is needed" in text
 
 
 def test_cost_from_attempts_and_lost_hours(tmp_path):

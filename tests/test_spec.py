@@ -49,7 +49,7 @@ def test_good_file_loads_with_authors_defaults_and_paths_relative_to_the_file(tm
 
 def test_unknown_key_names_line_field_and_allowed_keys(tmp_path):
     msg = error_of(tmp_path, GOOD.replace("  epochs: [2]", "  epochs: [2]\n  sead: [0]"))
-    assert f"{tmp_path / 'study.yaml'}:11: grid.sead: unknown key (allowed: init, scale, epochs, seed)" in msg
+    assert f"{tmp_path / 'study.yaml'}:11: grid.sead: unknown key (allowed: init, scale, epochs, seed, nights_fraction)" in msg
 
 
 def test_bad_value_names_field_path_and_value(tmp_path):
@@ -60,7 +60,7 @@ def test_bad_value_names_field_path_and_value(tmp_path):
 
 def test_bad_init_method_lists_allowed_values(tmp_path):
     msg = error_of(tmp_path, GOOD.replace("  scale: [tiny]", "  init: [random, perceptive]\n  scale: [tiny]"))
-    assert "grid.init.1:" in msg and "'random', 'perceptual', 'shuffled' or 'posthoc'" in msg
+    assert "grid.init.1:" in msg and "'random', 'perceptual', 'shuffled', 'pixel', 'norm_matched' or 'posthoc'" in msg
 
 
 def test_missing_required_field(tmp_path):

@@ -136,6 +136,8 @@ def status_table(data: dict[str, Any]) -> Table:
             note = c["reason"] + (f"  (log: {c['log']})" if c.get("log") else "")
         elif c.get("waits_for") and c["kind"] == "posthoc":
             note = f"waits for {c['waits_for']}: it fine-tunes those weights"
+        elif c.get("waits_for") and c.get("init") == "norm_matched":
+            note = f"waits for {c['waits_for']}: it takes that init's norms"
         elif c.get("waits_for"):
             note = f"waits for {c['waits_for']}: it hands on the epoch that init hands on (stage1.handoff best_val)"
         elif c["kind"] == "posthoc":
@@ -153,7 +155,8 @@ def plan_table(plan_json: dict[str, Any]) -> Table:
     for col in ("kind", "uid", "label", "depends on", "steps/epoch", "steps", "warmup", "evaluated epochs"):
         t.add_column(col, no_wrap=True, justify="right" if col.startswith(("steps", "warmup")) else "left")
     for i in plan_json["inits"]:
-        after = f"{i['hands_on_epoch_of']}'s epoch" if i.get("hands_on_epoch_of") else ""
+        what = "norms" if i["method"] == "norm_matched" else "epoch"
+        after = f"{i['hands_on_epoch_of']}'s {what}" if i.get("hands_on_epoch_of") else ""
         t.add_row("init", i["uid"], i["label"], after, "", "", "", "")
     for r in plan_json["runs"]:
         ep = r["eval_epochs"]

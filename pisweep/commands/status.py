@@ -15,6 +15,7 @@ from pisweep.ledger.queries import (
     init_val_2afc,
     last_main_metric,
 )
+from pisweep.study.arms import arm_order
 from pisweep.study.datapaths import resolve
 
 STATUS_LIMIT = 40  # cells listed one by one; beyond that, a summary per group and the most relevant cells
@@ -78,7 +79,7 @@ def status(s: Session, state: str | None = None, limit: int | None = STATUS_LIMI
     for kind, job in [("init", i) for i in s.plan.inits] + [(r.kind, r) for r in s.plan.runs]:
         row = jobs.get(job.uid)
         cell = {"uid": job.uid, "kind": kind, "label": job.label, "state": row.state if row else "planned",
-                "init": getattr(job, "init", getattr(job, "method", None)), "scale": getattr(job, "scale", None),
+                "init": job.arm, "scale": getattr(job, "scale", None),  # its arm (a NIGHTS dose: perceptual@0.25)
                 "seed": job.seed, "epoch": row.epoch_reached if row else 0,
                 "epochs": trainings.get(kind, getattr(job, "epochs", None)),
                 "attempts": row.attempts if row else 0, "reason": row.reason if row else None,
@@ -151,6 +152,5 @@ def _status_groups(cells: list[dict[str, Any]], open_counts: dict[str, dict[str,
         g["epoch_max"] = c["epoch"] if g["epoch_max"] is None else max(g["epoch_max"], c["epoch"])
         for k, n in open_counts.get(c["uid"], {}).items():
             g["evals"][k] = g["evals"].get(k, 0) + n
-    arms = ("random", "perceptual", "shuffled", "posthoc")
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0] != "init", str(k[2]), k[3] or 0,
-                                                             arms.index(k[1]) if k[1] in arms else 9, str(k[1])))]
+                                                             *arm_order(k[1] or ""), str(k[1])))]

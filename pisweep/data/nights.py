@@ -10,6 +10,8 @@ the csv stay cheap.
 from __future__ import annotations
 
 import csv
+import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -113,13 +115,16 @@ class TripletDataset:
     """Map-style dataset of ``(ref, left, right, target)`` tensors for a torch DataLoader.
 
     ``shuffle_votes_seed`` permutes the targets across triplets (deterministically): the "shuffled votes"
-    control keeps the images and the label balance but breaks the link between them.
+    control keeps the images and the label balance but breaks the link between them. ``pixel_votes``: each target
+    is :func:`pixel_vote` of the item's transformed images (the "pixel" control); ``targets`` then holds the human
+    votes, which only the 2AFC scores read (:func:`pixel_targets` gives the pixel ones).
     """
 
     def __init__(self, triplets: Sequence[Triplet], transform: Callable[[Image.Image], Any],
-                 shuffle_votes_seed: int | None = None) -> None:
+                 shuffle_votes_seed: int | None = None, pixel_votes: bool = False) -> None:
         self.triplets = list(triplets)
         self.transform = transform
+        self.pixel_votes = pixel_votes
         targets = np.array([t.target for t in self.triplets], dtype=np.float32)
         if shuffle_votes_seed is not None:
             targets = targets[np.random.default_rng(shuffle_votes_seed).permutation(len(targets))]
@@ -133,7 +138,34 @@ class TripletDataset:
 
         t = self.triplets[index]
         images = [self.transform(_load(p)) for p in (t.ref, t.left, t.right)]
-        return (*images, torch.tensor(self.targets[index], dtype=torch.float32))
+        target = pixel_vote(*images) if self.pixel_votes else self.targets[index]
+        return (*images, torch.tensor(target, dtype=torch.float32))
+
+
+def dose_subset(triplets: Sequence[Triplet], fraction: float) -> list[Triplet]:
+    """The dose axis' share of the train triplets: the first ceil(fraction x n) in the order of sha256 of their ids
+    (study/identity.py DOSE_RULE), in csv order. Nested (a smaller fraction's triplets are in every larger one's) and
+    the same for every seed and every row order of data.csv."""
+    if fraction >= 1.0:
+        return list(triplets)
+    k = max(1, math.ceil(fraction * len(triplets)))
+    ranked = sorted(range(len(triplets)), key=lambda i: hashlib.sha256(f"nights-dose/{triplets[i].id}".encode())
+                    .hexdigest())
+    chosen = set(ranked[:k])
+    return [t for i, t in enumerate(triplets) if i in chosen]
+
+
+def pixel_vote(ref: Any, left: Any, right: Any) -> float:
+    """The "pixel" control's vote on one triplet of image tensors: 1.0 when ``right`` is nearer ``ref`` in squared
+    L2 over every element (the votes' convention: 1 is "right is closer"), 0.0 when ``left`` is, 0.5 on a tie."""
+    d_left = float(((ref - left).double() ** 2).sum())
+    d_right = float(((ref - right).double() ** 2).sum())
+    return 1.0 if d_right < d_left else 0.0 if d_left < d_right else 0.5
+
+
+def pixel_targets(ds: TripletDataset) -> np.ndarray:
+    """Every item's :func:`pixel_vote` (the images are loaded and transformed once each)."""
+    return np.array([float(ds[i][3]) for i in range(len(ds))], dtype=np.float32)
 
 
 def _load(path: Path) -> Image.Image:

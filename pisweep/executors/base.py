@@ -13,8 +13,10 @@ from pisweep.study.plan import InitJob, RunJob
 
 def init_job_file(init: InitJob, study_json: dict[str, Any], paths: DataPaths, layout: Layout) -> JobFile:
     params = {"method": init.method, "seed": init.seed, "nights": paths.nights}
-    if init.after is not None:  # the init whose hand-off epoch this one hands on (its handoff.json)
+    if init.after is not None:  # the init whose hand-off epoch (or norms) this one takes (its handoff.json)
         params["handoff_from"] = str(layout.init_dir(init.after))
+    if init.fraction != 1.0:  # the dose axis: a share of NIGHTS' train triplets
+        params["fraction"] = init.fraction
     return JobFile("init", init.uid, str(layout.init_dir(init.uid)), study_json, params)
 
 

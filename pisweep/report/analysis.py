@@ -18,11 +18,12 @@ from pisweep.report.data import Group, StudyData, main_values, run_index, task_m
 from pisweep.report.emergence import crossover_epoch, emergence_epoch, onset_distribution
 from pisweep.report.estimate import Estimator, interval_dict
 from pisweep.report.inference import Interval
-from pisweep.report.lastepoch import last_table
+from pisweep.report.lastepoch import FAMILIES, adjust_family, family_of, last_table
+from pisweep.study.arms import CONTROLS
 
 DEFINITIONS = {
-    "delta": "A − B of the task's main metric, each arm's value being the mean over its seeds (perceptual − random; "
-             "perceptual − shuffled when the study has a shuffled arm).",
+    "delta": "A − B of the task's main metric, each arm's value being the mean over its seeds (each arm − random; "
+             "perceptual − each control and − posthoc, when the study has them).",
     "estimand": "Δ = the expected difference of the arms' metric over training randomness (seeds), on the population "
                 "this test set is drawn from: both the seeds and the test set's sampling noise are in an interval.",
     "interval": "Δ ± t·se, t Student's with S − 1 degrees of freedom (S seeds per arm, paired by seed id; "
@@ -46,7 +47,11 @@ DEFINITIONS = {
                       "after the last epoch.",
     "sustained from epoch k": "the share of those draws whose delta is above zero at k and at every later evaluated "
                               "epoch.",
-    "win / loss / tie": "per task at the last epoch, from the Holm-adjusted p across the table's tasks: win when it "
+    "family": "the comparisons whose verdicts hold one error rate together: every arm against random, and "
+              "perceptual against each control and against posthoc; Holm's adjustment runs over every (comparison, "
+              "benchmark) of a family at once (a group's last epoch; posthoc at its source epoch).",
+    "win / loss / tie": "per task at the last epoch, from the Holm-adjusted p across its family's comparisons and "
+                        "tasks: win when it "
                         "is below alpha and the delta is positive, loss when negative, else tie; 'no verdict' when "
                         "the interval does not include seed noise.",
     "win count": "tasks whose point delta is above zero (losses below, ties exactly zero), with an exact two-sided "
@@ -90,13 +95,11 @@ def check_options(opts: Options, tasks: tuple[str, ...] | list[str]) -> Options:
 
 
 def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Perceptual vs random, and vs shuffled when there is a shuffled arm (shuffled vs random without perceptual);
-    with a posthoc arm, posthoc vs random and perceptual vs posthoc (at the posthoc cells' source epochs)."""
-    wanted = [("perceptual", "random"), ("perceptual", "shuffled"), ("posthoc", "random"), ("perceptual", "posthoc")]
-    out = [c for c in wanted if c[0] in arms and c[1] in arms]
-    if not out and "shuffled" in arms and "random" in arms:
-        out = [("shuffled", "random")]
-    return out
+    """The two families (lastepoch.FAMILIES): every arm against random (perceptual first; each control, each NIGHTS
+    dose, posthoc), then perceptual against each control and against posthoc (posthoc at its source epochs)."""
+    vs_random = [(a, "random") for a in arms if a != "random"]  # in the report's order of arms
+    vs_perceptual = [("perceptual", c) for c in (*CONTROLS, "posthoc")]
+    return [c for c in vs_random + vs_perceptual if c[0] in arms and c[1] in arms]
 
 
 def cmp_key(c: tuple[str, str]) -> str:
@@ -181,6 +184,12 @@ def analyze(data: StudyData, opts: Options) -> dict[str, Any]:
         fin()
     for gr, c, fin in tables:
         gr["last"][cmp_key(c)] = fin(opts.alpha)
+    for gr in groups:  # the verdicts: Holm over each family's comparisons and benchmarks together
+        for family in FAMILIES:
+            members = {cmp_key(c): gr["last"][cmp_key(c)] for c in cmps
+                       if family_of(c) == family and cmp_key(c) in gr["last"]}
+            if members:
+                adjust_family(members, opts.alpha, family)
     for gr in groups:
         gr["main"] = gr["series"].get(opts.main_task)
         if not opts.full:

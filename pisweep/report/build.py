@@ -9,6 +9,7 @@ from pisweep.report.analysis import Options, analyze
 from pisweep.report.cost import cost
 from pisweep.report.coverage import coverage
 from pisweep.report.data import load_study
+from pisweep.report.dose import dose_rows
 from pisweep.study.datapaths import resolve
 from pisweep.study.plan import Plan
 from pisweep.study.spec import Study
@@ -25,6 +26,8 @@ def build_report(ledger: Ledger, study: Study, plan: Plan, suite_version: str, o
     rep["cost"] = cost(data, now)
     rep["curves"] = curves(rep)
     rep["emergence_by_scale"] = emergence_by_scale(rep)
+    for gr in rep["groups"]:
+        gr["dose"] = dose_rows(gr)
     rep["answer"] = answer.sentences(rep)
     rep["world"] = synthetic_world(study)
     return rep

@@ -18,10 +18,10 @@ from pisweep.job.paths import JobPaths
 from pisweep.ledger import results
 from pisweep.ledger.db import Ledger
 from pisweep.ledger.queries import jobs_of
+from pisweep.study.arms import arm_order
 from pisweep.study.plan import Plan
 from pisweep.study.spec import Study
 
-ARM_ORDER = ("random", "perceptual", "shuffled", "posthoc")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Run:
     index: int
     uid: str
     label: str
-    init: str
+    init: str  # its arm: the init method, with the NIGHTS dose when not all (study/arms.py arm_name)
     scale: str
     epochs: int
     seed: int
@@ -93,9 +93,9 @@ def load_study(ledger: Ledger, study: Study, plan: Plan, suite_version: str, mai
     for i, r in enumerate(plan.runs):
         row = jobs.get(r.uid)
         folder = row.folder if row is not None else str(Path(study.output_root) / "runs" / r.uid)
-        runs.append(Run(i, r.uid, r.label, r.init, r.scale, r.epochs, r.seed, folder,
+        runs.append(Run(i, r.uid, r.label, r.arm, r.scale, r.epochs, r.seed, folder,
                         row.state if row else "planned", row.reason if row else None, tuple(r.eval_epochs)))
-    arms = tuple(sorted(study.grid.init, key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99))
+    arms = tuple(sorted({r.arm for r in plan.runs}, key=arm_order))
     groups = [Group(sc, ep, _samples(study, sc)) for sc in study.grid.scale for ep in study.grid.epochs]
     return StudyData(plan.study, ledger, study, suite_version, main_task, tuple(plan.tasks), arms, groups, runs,
                      {r.uid: r.index for r in runs})

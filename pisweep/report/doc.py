@@ -6,7 +6,9 @@ import re
 from typing import Any
 
 from pisweep.eval import registry
+from pisweep.report.doc_dose import dose_blocks
 from pisweep.report.doc_last import last_blocks
+from pisweep.report.doc_matrix import matrix_blocks
 from pisweep.report.doc_nights import nights_blocks
 from pisweep.report.docmodel import (
     BAD,
@@ -37,7 +39,9 @@ def document(rep: dict[str, Any], figures: bool = False) -> list[Block]:
     out = [Block("h1", f"pisweep report · study {rep['study']}")]
     out.append(Block("p", f"main benchmark {main.display_name} ({rep['main_task']}, {rep['main_metric']}) · "
                           f"{int(s['level'] * 100)}% intervals over seeds and test set (t, S − 1 degrees of "
-                          f"freedom) · verdicts: Holm across a table's tasks at alpha {s['alpha']} · "
+                          f"freedom) · verdicts: Holm at alpha {s['alpha']} over each family's comparisons and "
+                          f"benchmarks together (every arm against random; perceptual against each control and "
+                          f"posthoc) · "
                           f"suite v{rep['suite_version']}"))
     out.append(Block("p", method_text(rep), WARN if rep["method"]["fallbacks"] else PLAIN))
     out.append(Block("h2", "The answer"))
@@ -102,13 +106,14 @@ def group_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list
         out += [Block("h3", "Every benchmark per epoch (mean, interval band)"),
                 Block("figure", figure=f"curves:{gr['key']}"),
                 Block("h3", "Delta heatmap (benchmark × epoch)"), Block("figure", figure=f"heatmap:{gr['key']}")]
+    out += matrix_blocks(rep, gr, figures)
     for c in cmps:
         last = gr.get("last", {}).get(c)
         if last:
             out += last_blocks(rep, gr, c, last)
     if gr.get("last_epoch") is None:
         out.append(Block("p", "no epoch evaluated for every run yet: no last-epoch table.", WARN))
-    return out + nights_blocks(rep, gr, figures)
+    return out + dose_blocks(rep, gr, figures) + nights_blocks(rep, gr, figures)
 
 
 def emergence_text(c: str, e: dict[str, Any]) -> str:

@@ -55,7 +55,11 @@ def last_blocks(rep: dict[str, Any], gr: dict[str, Any], c: str, last: dict[str,
                          f"p = {pval(k['sign_p'])})")
     al = tl["all"]
     sig = al["significant"]
-    judged = (f"after Holm at {last['alpha']}: {sig['win']} wins, {sig['loss']} losses, {sig['tie']} ties"
+    holm = last.get("holm") or {}
+    within = (f" over the family '{holm['name']}' ({holm['tests']} tests: "
+              f"{', '.join(k.replace('-', ' − ') for k in holm['comparisons'])} × their benchmarks)"
+              if holm.get("family") else "")
+    judged = (f"after Holm at {last['alpha']}{within}: {sig['win']} wins, {sig['loss']} losses, {sig['tie']} ties"
               + (f", {sig['no verdict']} without a verdict" if sig.get("no verdict") else ""))
     out.append(Block("p", f"wins ({a} > {b}): " + ", ".join(parts) + f"; all {al['wins']}/{al['with_results']} "
                           f"(p = {pval(al['sign_p'])}) · {judged}"))

@@ -9,7 +9,8 @@ from typing import Any
 
 from pisweep.report.docmodel import epoch_range, noise_note
 
-COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4", "posthoc": "#2ca02c"}
+COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4", "posthoc": "#2ca02c",
+          "pixel": "#bcbd22", "norm_matched": "#17becf"}
 
 
 def _plt():
@@ -45,7 +46,7 @@ def _png(fig) -> bytes:
 
 
 #: comparisons after the first take these (none is an arm's colour)
-OTHER_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+OTHER_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#393b79", "#7b4173")
 POSTHOC = "posthoc"  # an arm with results at its source epochs only: points with error bars, not a curve
 
 
@@ -265,3 +266,67 @@ def _delta_panel(ax, g: dict[str, Any], comparisons: list[str]) -> None:
             bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     ax.set_title(f"Δ {main['name']} per epoch (band: interval) [{g['scale']}, {g['epochs']} ep]", fontsize=9)
     ax.set_ylabel(f"Δ {main['metric']}")
+
+
+def dose(group: dict[str, Any], main_name: str, metric: str) -> bytes:
+    """The main benchmark's delta against random at the last epoch against the share of NIGHTS the init trained on
+    (one line per dose method, intervals as error bars), and the emergence epoch beside it."""
+    plt = _plt()
+    fig, (ax_d, ax_e) = plt.subplots(1, 2, figsize=(9.6, 3.1))
+    ax_d.axhline(0.0, color="k", lw=0.8)
+    for method in dict.fromkeys(r["method"] for r in group["dose"]):
+        rows = [r for r in group["dose"] if r["method"] == method and r["delta"] is not None]
+        if not rows:
+            continue
+        x = [r["fraction"] for r in rows]
+        y = [r["delta"] for r in rows]
+        lo, hi = [r["lo"] for r in rows], [r["hi"] for r in rows]
+        err = [[v - a for v, a in zip(y, lo)], [b - v for v, b in zip(y, hi)]] if _finite(lo + hi) else None
+        ax_d.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, lw=1.2, color=COLORS.get(method), label=method)
+        done = [(r["fraction"], r["emergence_epoch"]) for r in rows if r["emergence_epoch"] is not None]
+        if done:
+            ax_e.plot(*zip(*done), marker="o", lw=1.2, color=COLORS.get(method), label=method)
+    for ax in (ax_d, ax_e):
+        ax.set_xscale("log")
+        ax.set_xlabel("share of NIGHTS' train triplets")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    ax_d.set_ylabel(f"Δ {metric} vs random")
+    ax_d.set_title(f"Δ {main_name} at epoch {group.get('last_epoch')} [{group['scale']}, {group['epochs']} ep]",
+                   fontsize=9)
+    ax_e.set_ylabel("emergence epoch")
+    ax_e.set_title("emergence epoch (none plotted: not yet)", fontsize=9)
+    _integer_axis(ax_e.yaxis)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def arm_matrix(m: dict[str, Any], group: dict[str, Any]) -> bytes:
+    """Arm × benchmark: each arm's delta against random (diverging colours, white at 0), ▲/▼ where the family's Holm
+    calls a win or a loss; blank where there is no result."""
+    import numpy as np
+
+    plt = _plt()
+    arms, tasks = m["arms"], m["tasks"]
+    z = np.full((len(arms), len(tasks)), np.nan)
+    for i, arm in enumerate(arms):
+        for j, (task, _) in enumerate(tasks):
+            c = m["cells"].get((arm, task))
+            if c is not None:
+                z[i, j] = c["delta"]
+    lim = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(tasks) + 2), 0.45 * len(arms) + 2.2))
+    im = ax.imshow(np.ma.masked_invalid(z), cmap="RdBu_r", vmin=-lim or -1, vmax=lim or 1, aspect="auto")
+    for i, arm in enumerate(arms):
+        for j, (task, _) in enumerate(tasks):
+            mark = {"win": "▲", "loss": "▼"}.get((m["cells"].get((arm, task)) or {}).get("outcome"))
+            if mark:
+                ax.text(j, i, mark, ha="center", va="center", fontsize=8)
+    ax.set_yticks(range(len(arms)), [f"{a} − random" for a in arms], fontsize=8)
+    ax.set_xticks(range(len(tasks)), [name for _, name in tasks], rotation=60, ha="right", fontsize=7)
+    fig.colorbar(im, ax=ax, label="Δ main metric", shrink=0.8)
+    ax.set_title(f"every arm against random at the last epoch [{group['scale']}, {group['epochs']} ep] "
+                 f"(▲/▼: Holm over the family)", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)

@@ -6,8 +6,10 @@ import base64
 import html
 from typing import Any
 
+from pisweep.eval import registry
 from pisweep.report import figures
 from pisweep.report.doc import BAD, DIM, GOOD, WARN, Block, document
+from pisweep.report.doc_matrix import matrix
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:1200px;color:#222;
@@ -45,6 +47,12 @@ def _figures(rep: dict[str, Any]) -> dict[str, list[tuple[str, bytes]]]:
                                           for c in rep["comparisons"]]
         if g.get("nights"):
             out[f"nights:{g['key']}"] = [(f"NIGHTS 2AFC {g['key']}", figures.nights(g))]
+        m = matrix(g)
+        if m is not None:
+            out[f"matrix:{g['key']}"] = [(f"arm x benchmark {g['key']}", figures.arm_matrix(m, g))]
+        if g.get("dose"):
+            name = registry.get_task(rep["main_task"]).display_name
+            out[f"dose:{g['key']}"] = [(f"NIGHTS dose {g['key']}", figures.dose(g, name, rep["main_metric"]))]
     points = [p for p in rep.get("emergence_by_scale", [])]
     if points:
         out["emergence"] = [("emergence epoch against data scale", figures.emergence_vs_scale(points))]

@@ -76,28 +76,60 @@ def last_table(data: StudyData, est: Estimator, g: Group, epoch: int, c: tuple[s
     average = _ask_average(data, est, epoch, a_runs, b_runs, mains)
 
     def finalize(alpha: float) -> dict[str, Any]:
-        ivs = {r["task"]: r["interval"] for r in rows if r["interval"] and math.isfinite(r["interval"]["delta"])}
-        t = tally({k: (v["delta"], v["p"], v["decides"]) for k, v in ivs.items()}, alpha=alpha)
-        for r in rows:
-            if r["task"] in ivs:
-                r["p_holm"] = t.p_adjusted[r["task"]]
-                r["outcome"] = t.outcome[r["task"]]
-        counts: dict[str, Any] = {}
-        for kind in (registry.CLASSIFICATION, registry.RETRIEVAL, "all"):
-            sel = [r for r in rows if r["task"] in ivs and (kind == "all" or r["kind"] == kind)]
-            w = sum(ivs[r["task"]]["delta"] > 0 for r in sel)
-            lo = sum(ivs[r["task"]]["delta"] < 0 for r in sel)
-            planned = sum(1 for r in rows if kind == "all" or r["kind"] == kind)
-            counts[kind] = {"wins": w, "losses": lo, "ties": len(sel) - w - lo, "with_results": len(sel),
-                            "planned": planned, "sign_p": sign_test(w, lo),
-                            "significant": {o: sum(1 for r in sel if r.get("outcome") == o)
-                                            for o in ("win", "loss", "tie", "no verdict")}}
+        """The table, its verdicts from Holm over its own tasks (:func:`adjust_family` then widens that to its
+        family's comparisons)."""
         mean_r1 = [{"task": r["task"], "metric": r["metric"], "interval": r["interval"]} for r in rows
                    if r["kind"] == registry.RETRIEVAL]
-        return {"epoch": epoch, "final": epoch == g.epochs, "tasks": rows, "tally": counts, "alpha": alpha,
-                "retrieval": retrieval, "metrics": metrics,
-                "paper_tally": paper_tally([*metrics, *retrieval, *mean_r1]), "average": average()}
+        table = {"epoch": epoch, "final": epoch == g.epochs, "tasks": rows, "alpha": alpha,
+                 "retrieval": retrieval, "metrics": metrics,
+                 "paper_tally": paper_tally([*metrics, *retrieval, *mean_r1]), "average": average()}
+        adjust_family({"table": table}, alpha, None)
+        return table
     return finalize
+
+
+#: The two families of comparisons the report's verdicts hold their error rate in (docs/statistics.md): Holm over
+#: every (comparison, benchmark) of a family at once.
+FAMILIES = {"vs_random": "every arm against random",
+            "vs_perceptual": "perceptual against each control and against posthoc"}
+
+
+def family_of(comparison: tuple[str, str]) -> str:
+    return "vs_random" if comparison[1] == "random" else "vs_perceptual"
+
+
+def _decided(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["task"]: r["interval"] for r in table["tasks"] if r["interval"] and math.isfinite(r["interval"]["delta"])}
+
+
+def adjust_family(tables: dict[str, dict[str, Any]], alpha: float, family: str | None) -> None:
+    """Holm over every (comparison, task) of ``tables`` (comparison key -> last-epoch table) together: each task's
+    ``p_holm`` and ``outcome``, each table's counts, and ``holm``: the family, its comparisons, how many tests."""
+    ivs = {(k, task): iv for k, t in tables.items() for task, iv in _decided(t).items()}
+    t = tally({key: (v["delta"], v["p"], v["decides"]) for key, v in ivs.items()}, alpha=alpha)
+    tests = sum(1 for v in ivs.values() if v["decides"])
+    for k, table in tables.items():
+        for r in table["tasks"]:
+            if (k, r["task"]) in ivs:
+                r["p_holm"], r["outcome"] = t.p_adjusted[(k, r["task"])], t.outcome[(k, r["task"])]
+        table["tally"] = _counts(table)
+        table["holm"] = {"family": family, "name": FAMILIES.get(family, "this table's tasks"),
+                         "comparisons": list(tables) if family else [], "tests": tests}
+
+
+def _counts(table: dict[str, Any]) -> dict[str, Any]:
+    rows, ivs = table["tasks"], _decided(table)
+    counts: dict[str, Any] = {}
+    for kind in (registry.CLASSIFICATION, registry.RETRIEVAL, "all"):
+        sel = [r for r in rows if r["task"] in ivs and (kind == "all" or r["kind"] == kind)]
+        w = sum(ivs[r["task"]]["delta"] > 0 for r in sel)
+        lo = sum(ivs[r["task"]]["delta"] < 0 for r in sel)
+        planned = sum(1 for r in rows if kind == "all" or r["kind"] == kind)
+        counts[kind] = {"wins": w, "losses": lo, "ties": len(sel) - w - lo, "with_results": len(sel),
+                        "planned": planned, "sign_p": sign_test(w, lo),
+                        "significant": {o: sum(1 for r in sel if r.get("outcome") == o)
+                                        for o in ("win", "loss", "tie", "no verdict")}}
+    return counts
 
 
 def paper_tally(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -133,11 +133,16 @@ def dispatch(job: JobFile, ctx: JobContext, device: str | None = None) -> None:
     study = study_from_json(job.study)
     p = job.params
     device = device or ("cuda" if _cuda() else "cpu")
-    if job.kind == "init":
+    if job.kind == "init" and p["method"] == "norm_matched":  # no training: rescaled from its perceptual init
+        from pisweep.train.norm_matched import run_norm_matched
+
+        run_norm_matched(ctx, study, p["seed"], Path(p["handoff_from"]))
+    elif job.kind == "init":
         from pisweep.train.stage1 import run_stage1
 
         run_stage1(ctx, study, p["method"], p["seed"], Path(p["nights"]), device=device,
-                   handoff_from=Path(p["handoff_from"]) if p.get("handoff_from") else None)
+                   handoff_from=Path(p["handoff_from"]) if p.get("handoff_from") else None,
+                   fraction=float(p.get("fraction", 1.0)))
     elif job.kind == "train":
         from pisweep.train.stage2 import run_stage2
 

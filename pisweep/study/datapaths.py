@@ -7,6 +7,7 @@ from typing import Callable
 
 from pisweep.data.shardlist import DeclaredSizes, expand_shards
 from pisweep.errors import DataError, PreflightError
+from pisweep.study.arms import NIGHTS_ARMS
 from pisweep.study.spec import Study, train_ranks
 
 
@@ -58,9 +59,10 @@ def preflight(study: Study, paths: DataPaths) -> Preflight:
             + (", nodes ignored by the local executor" if study.executor.name == "local" else "")
             + f") x stage2.accumulation_steps {accumulation}: it must be per-rank batch x ranks x accumulation "
               f"steps")
-    if "perceptual" in study.grid.init or "shuffled" in study.grid.init:
+    nights_arms = [a for a in study.grid.init if a in NIGHTS_ARMS]
+    if nights_arms:
         if not paths.nights:
-            pf.problems.append("data.nights: a perceptual or shuffled init needs NIGHTS, and no path is set")
+            pf.problems.append(f"data.nights: the arms {nights_arms} need NIGHTS, and no path is set")
         elif not (Path(paths.nights) / "data.csv").exists():
             pf.problems.append(f"data.nights: {Path(paths.nights) / 'data.csv'} does not exist")
     workers = max(1, study.stage2.workers)

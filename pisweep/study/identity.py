@@ -106,10 +106,21 @@ def result_view(study: Study, version: int, full: bool = False) -> dict[str, Any
             "stage2": _section(study, version, "stage2", full), "posthoc": _posthoc(study, full), "data": data}
 
 
-def init_identity(view: dict[str, Any], version: int, method: str, seed: int) -> dict[str, Any]:
-    """A stage-1 init's identity from its study's :func:`result_view`; ``seed``: the stage-1 seed (offset added)."""
+#: How a dose init's share of NIGHTS' train triplets is chosen (data/nights.py dose_subset): held in its identity.
+DOSE_RULE = "sha256-of-id-v1"
+
+
+def init_identity(view: dict[str, Any], version: int, method: str, seed: int, random_seed: int | None = None,
+                  fraction: float = 1.0) -> dict[str, Any]:
+    """A stage-1 init's identity from its study's :func:`result_view`; ``seed``: the stage-1 seed (offset added);
+    ``random_seed`` (norm_matched): the seed of the random vision init it rescales (the run's seed); ``fraction``:
+    the share of NIGHTS' train triplets it trains on (held only when it is not all of them)."""
     ident = {"method": method, "seed": seed, "model": view["model"], "stage1": view["stage1"],
              "data": view["data"]["nights"]}
+    if random_seed is not None:
+        ident["random_seed"] = random_seed
+    if fraction != 1.0:
+        ident["nights_subset"] = {"fraction": fraction, "rule": DOSE_RULE}
     return _versioned(ident, version)
 
 

@@ -13,7 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from pisweep.errors import SpecError
-from pisweep.study.spec import Study, cross_field_problems
+from pisweep.study.crossfield import cross_field_problems
+from pisweep.study.spec import Study
 from pisweep.study.yamlfile import parse_yaml
 
 

@@ -18,6 +18,7 @@ from pisweep.study.identity import (
     run_identity,
     uid_of,
 )
+from pisweep.study.arms import CONTROLS, DOSE_INITS, arm_name
 from pisweep.study.spec import Study
 
 MAX_JOBS = 100_000  # a grid above these is refused before it is expanded (raise with --max-jobs / --max-evals)
@@ -29,16 +30,21 @@ class InitJob:
     """One stage-1 training, shared by every run of the same init method, stage-1 config and seed."""
 
     uid: str
-    method: str  # "perceptual" | "shuffled"
+    method: str  # "perceptual" or a control: "shuffled" | "pixel" | "norm_matched" (study/arms.py)
     seed: int
     identity: dict[str, Any] = field(compare=False, repr=False)
-    # The init whose hand-off epoch this one hands on (a control under stage1.handoff "best_val": its seed's
-    # perceptual init, which it waits for); None: the epoch is this init's own (fixed, last, or its best).
+    # The init this one waits for: its seed's perceptual init, whose hand-off epoch a control under
+    # stage1.handoff "best_val" hands on, and whose norms norm_matched takes; None: it waits for nothing.
     after: str | None = None
+    fraction: float = 1.0  # (grid.nights_fraction) the share of NIGHTS' train triplets it trains on
+
+    @property
+    def arm(self) -> str:
+        return arm_name(self.method, self.fraction)
 
     @property
     def label(self) -> str:
-        return f"init-{self.method}-s{self.seed}"
+        return f"init-{self.arm}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class RunJob:
     it evaluates as its epoch ``source_epoch``; its scale, epochs and seed are its source's (its group and pair)."""
 
     uid: str
-    init: str  # "random" | "perceptual" | "shuffled" | "posthoc"
+    init: str  # an arm of study/arms.py
     init_uid: str | None
     scale: str
     epochs: int
@@ -58,6 +64,12 @@ class RunJob:
     source: str | None = None  # (posthoc) the run whose weights it fine-tunes
     source_epoch: int | None = None  # (posthoc) the epoch of those weights
     keep_epochs: tuple[int, ...] = ()  # (train) epochs whose weights a post-hoc cell needs: kept whatever retention
+    fraction: float = 1.0  # (grid.nights_fraction) the share of NIGHTS its init trained on
+
+    @property
+    def arm(self) -> str:
+        """The report's arm: the init method, with the NIGHTS fraction when it is not all (``perceptual@0.25``)."""
+        return arm_name(self.init, self.fraction)
 
     @property
     def kind(self) -> str:
@@ -66,7 +78,7 @@ class RunJob:
     @property
     def label(self) -> str:
         at = f"-at{self.source_epoch}" if self.source is not None else ""
-        return f"{self.init}-{self.scale}-e{self.epochs}-s{self.seed}{at}"
+        return f"{self.arm}-{self.scale}-e{self.epochs}-s{self.seed}{at}"
 
     @property
     def depends_on(self) -> str | None:
@@ -120,14 +132,18 @@ def grid_size(study: Study) -> GridSize:
     g = study.grid
     per_cell = len(g.scale) * len(g.seed)
     evaluated = sum(e // study.eval.every + (1 if e % study.eval.every else 0) for e in g.epochs)
-    trained = [i for i in g.init if i != "posthoc"]
-    methods = {i for i in trained if i != "random"}
-    if methods - {"perceptual"} and matched_handoff(study):
-        methods.add("perceptual")  # a control's hand-off epoch is its seed's perceptual init's
+    arms = [(i, f) for i in g.init if i != "posthoc" for f in fractions(study, i)]
+    inits = {(m, f) for m, f in arms if m != "random"}
+    inits |= {("perceptual", f) for m, f in inits if waits_for_perceptual(m, study)}  # what a control waits for
     posthoc = per_cell * sum(len(study.posthoc.source_epochs(e)) for e in g.epochs) if "posthoc" in g.init else 0
-    return GridSize(inits=len(g.seed) * len(methods),
-                    runs=per_cell * len(g.epochs) * len(trained) + posthoc,
-                    evals=(per_cell * len(trained) * evaluated + posthoc) * len(suite_tasks(study)))
+    return GridSize(inits=len(g.seed) * len(inits),
+                    runs=per_cell * len(g.epochs) * len(arms) + posthoc,
+                    evals=(per_cell * len(arms) * evaluated + posthoc) * len(suite_tasks(study)))
+
+
+def fractions(study: Study, method: str) -> list[float]:
+    """The NIGHTS fractions of ``method``'s arms: the dose axis for the dose inits, all of it for the others."""
+    return list(study.grid.nights_fraction) if method in DOSE_INITS else [1.0]
 
 
 def check_grid_size(study: Study, max_jobs: int = MAX_JOBS, max_evals: int = MAX_EVALS) -> GridSize:
@@ -142,6 +158,12 @@ def check_grid_size(study: Study, max_jobs: int = MAX_JOBS, max_evals: int = MAX
     return size
 
 
+def waits_for_perceptual(method: str, study: Study, identity_version: int = IDENTITY_VERSION) -> bool:
+    """Whether an init of ``method`` waits for its seed's perceptual init: norm_matched always (it is made of that
+    init's norms), a control that trains under a matched hand-off (:func:`matched_handoff`)."""
+    return method == "norm_matched" or (method in CONTROLS and matched_handoff(study, identity_version))
+
+
 def matched_handoff(study: Study, identity_version: int = IDENTITY_VERSION) -> bool:
     """Whether a control init waits for its seed's perceptual init to learn the epoch it hands on: under
     stage1.handoff "best_val", from identity v3 (before, a control chose its own best-val epoch)."""
@@ -152,31 +174,30 @@ def make_plan(study: Study, identity_version: int = IDENTITY_VERSION) -> Plan:
     """The study's jobs; ``identity_version``: the one its study is recorded with (new studies: the latest)."""
     view = result_view(study, identity_version)  # once: every job's identity is made of its parts
     tasks = suite_tasks(study)
-    inits: dict[tuple[str, int], InitJob] = {}
+    inits: dict[tuple[str, int, float], InitJob] = {}
     runs: list[RunJob] = []
 
-    def init_of(method: str, seed: int) -> InitJob:
-        if (method, seed) not in inits:
-            ident = init_identity(view, identity_version, method, seed + study.stage1.seed_offset)
-            after = None
-            if method != "perceptual" and matched_handoff(study, identity_version):
-                after = init_of("perceptual", seed).uid
-            inits[(method, seed)] = InitJob(uid_of("init", ident), method, seed, ident, after)
-        return inits[(method, seed)]
+    def init_of(method: str, seed: int, fraction: float = 1.0) -> InitJob:
+        if (method, seed, fraction) not in inits:
+            ident = init_identity(view, identity_version, method, seed + study.stage1.seed_offset,
+                                  random_seed=seed if method == "norm_matched" else None, fraction=fraction)
+            waits = waits_for_perceptual(method, study, identity_version)
+            after = init_of("perceptual", seed, fraction).uid if waits else None  # (the same dose)
+            inits[(method, seed, fraction)] = InitJob(uid_of("init", ident), method, seed, ident, after, fraction)
+        return inits[(method, seed, fraction)]
 
     posthoc = "posthoc" in study.grid.init
     for scale in study.grid.scale:
         for epochs in study.grid.epochs:
             sources = study.posthoc.source_epochs(epochs) if posthoc else []
             for seed in study.grid.seed:
-                for init in study.grid.init:
-                    if init == "posthoc":
-                        continue
-                    init_uid = init_of(init, seed).uid if init != "random" else None
+                for init, fraction in ((i, f) for i in study.grid.init if i != "posthoc"
+                                       for f in fractions(study, i)):
+                    init_uid = init_of(init, seed, fraction).uid if init != "random" else None
                     ident = run_identity(view, identity_version, init, init_uid, scale, epochs, seed)
                     keep = tuple(sources) if init == "random" else ()
                     run = RunJob(uid_of("run", ident), init, init_uid, scale, epochs, seed,
-                                 eval_epochs(epochs, study.eval.every), ident, keep_epochs=keep)
+                                 eval_epochs(epochs, study.eval.every), ident, keep_epochs=keep, fraction=fraction)
                     runs.append(run)
                     if init == "random":
                         for at in sources:

@@ -12,12 +12,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pisweep.data.synth_config import SynthConfig
+from pisweep.study.arms import InitMethod
 from pisweep.study.names import check_text, is_name
 from pisweep.study.recipe import WARMUP_FRACTION, with_recipe
 
-#: The arms of the grid: "random", "perceptual" and its control "shuffled" are stage-2 runs from their init;
-#: "posthoc" fine-tunes a random run's vision tower on NIGHTS after pretraining (the section ``posthoc``).
-InitMethod = Literal["random", "perceptual", "shuffled", "posthoc"]
 RecipeName = Literal["openclip", "authors"]
 #: Learning-rate schedules (study/schedule.py): "cosine" is open_clip_train's (warmup (step+1)/W, the cosine sized
 #: to the run's optimizer steps); "fork" is the authors' Lightning LambdaLR as it runs (warmup step/W, the cosine
@@ -284,6 +282,19 @@ class GridSpec(Strict):
     scale: list[str] = Field(min_length=1)
     epochs: list[int] = Field(default_factory=lambda: [32], min_length=1)  # §1.5: 32 epochs
     seed: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # The dose axis: shares of NIGHTS' train triplets the perceptual and shuffled inits train on (a seeded, nested
+    # subset, the same for every seed; val and test whole). 1.0 is the arm the controls and posthoc compare with.
+    nights_fraction: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+
+    @field_validator("nights_fraction")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("a fraction of NIGHTS' train triplets is in (0, 1]")
+        if 1.0 not in v:
+            raise ValueError("must include 1.0 (all of NIGHTS' train triplets: the perceptual arm the controls and "
+                             "posthoc compare with)")
+        return no_duplicates(v)
 
     @field_validator("init", "scale", "epochs", "seed")
     @classmethod
@@ -361,29 +372,3 @@ class Study(Strict):
         if not NAME_RE.match(v):
             raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-', starting with a letter or digit")
         return v
-
-
-def cross_field_problems(study: Study) -> list[tuple[tuple[str | int, ...], str]]:
-    """Checks that span several sections, as (field path, message) pairs; empty when the study is consistent."""
-    problems: list[tuple[tuple[str | int, ...], str]] = []
-    known = study.data.scale_names()
-    for i, scale in enumerate(study.grid.scale):
-        if scale not in known:
-            problems.append((("grid", "scale", i), f"scale {scale!r} is not one of the data's scales {known}"))
-    if study.eval.tasks != "paper":
-        from pisweep.eval.registry import SUITE_KEYS  # pure: task keys only
-
-        for i, task in enumerate(study.eval.tasks):
-            if task not in SUITE_KEYS:
-                problems.append((("eval", "tasks", i), f"unknown task {task!r}; the suite's keys are: "
-                                                       + ", ".join(SUITE_KEYS)))
-    if "posthoc" in study.grid.init:
-        if "random" not in study.grid.init:
-            problems.append((("grid", "init"), "the posthoc arm fine-tunes the random arm's runs: add random"))
-        late = [e for e in study.posthoc.from_epochs if isinstance(e, int) and e > max(study.grid.epochs)]
-        if late:
-            problems.append((("posthoc", "from_epochs"), f"source epochs {late} are after the longest run "
-                                                         f"({max(study.grid.epochs)} epochs, grid.epochs)"))
-    if study.executor.name == "slurm" and not study.executor.profile:
-        problems.append((("executor", "profile"), "executor 'slurm' needs a site profile (a file in slurm_templates/)"))
-    return problems

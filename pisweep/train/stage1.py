@@ -8,10 +8,13 @@ val loss and DreamSim's 2AFC score on val and the two test subsets. The epoch st
 the fork's stage 2 loads), or a fixed one; training stops at a fixed epoch (the schedule is the full run's, so the
 weights are those a longer run has there). ``handoff.json`` beside it says which epoch it holds.
 
-The "shuffled" method is the control: the same training with the train votes permuted by a seed derived
-from the job's seed. Its val votes are permuted too, so that choosing the epoch does not use human
-judgments either; the reported 2AFC scores always use the real votes. A control hands on the epoch its seed's
-perceptual init handed on (read from that init's ``handoff.json``: ``handoff_from``), so both get as many updates.
+Two controls train the same way on other votes (study/arms.py): "shuffled" on the votes permuted across triplets by
+a seed derived from the job's seed; "pixel" on the votes of pixel distance (data/nights.py ``pixel_vote``: the
+distortion nearer the reference in L2 over the stage-1 transform's tensors is "closer"), human structure replaced by
+the lowest-level similarity there is. Their val votes are replaced the same way, so that choosing the epoch does not
+use human judgments either; the reported 2AFC scores always use the real votes. A control hands on the epoch its
+seed's perceptual init handed on (read from that init's ``handoff.json``: ``handoff_from``), so each gets as many
+updates, on the same images in the same order.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from pisweep.job.context import JobContext, Preempted
 from pisweep.job.paths import JobPaths
 from pisweep.models import create_model
 from pisweep.study.schedule import make_schedule, stage1_steps_per_epoch
+from pisweep.study.arms import TRAINED_INITS
 from pisweep.study.spec import NightsFit, Study
 from pisweep.train.augment import model_image_size, model_mean_std, nights_transform
 from pisweep.train.checkpoint import load_resume, save_resume, save_weights
@@ -46,7 +50,7 @@ from pisweep.train.loader import make_loader
 from pisweep.train.optim import build_adamw, set_lr
 from pisweep.train.runtime import autocast, setup_device
 
-METHODS = ("perceptual", "shuffled")
+METHODS = TRAINED_INITS
 EVAL_SETS = ("val", "test_imagenet", "test_no_imagenet")
 
 
@@ -89,16 +93,17 @@ def epoch_batches(n: int, batch: int, seed: int, epoch: int, drop_last: bool = F
 
 
 def run_stage1(ctx: JobContext, study: Study, method: str, seed: int, nights_root: Path,
-               device: str = "cpu", handoff_from: Path | None = None) -> Path:
-    """Train one perceptual (or shuffled-vote) init; return the path of ``<ctx.folder>/init.pt``.
-    ``handoff_from``: the folder of the init whose hand-off epoch this one hands on."""
+               device: str = "cpu", handoff_from: Path | None = None, fraction: float = 1.0) -> Path:
+    """Train one perceptual (or control: shuffled or pixel votes) init; return the path of ``<ctx.folder>/init.pt``.
+    ``handoff_from``: the folder of the init whose hand-off epoch this one hands on; ``fraction``: the share of the
+    train triplets it trains on (the dose axis, data/nights.py dose_subset)."""
     if method not in METHODS:
         raise TrainingError(f"unknown stage-1 method {method!r}; expected one of {METHODS}")
     epoch = handed_on_epoch(handoff_from) if handoff_from is not None else study.stage1.fixed_handoff()
     if epoch is not None and not 1 <= epoch <= study.stage1.epochs:
         raise TrainingError(f"hand-off epoch {epoch} is not one of stage 1's epochs 1..{study.stage1.epochs}")
     return NightsTrainer(ctx, study, method, seed + study.stage1.seed_offset, Path(nights_root), device,
-                         epoch).run()
+                         epoch, fraction=fraction).run()
 
 
 def handed_on_epoch(folder: Path) -> int:
@@ -120,7 +125,7 @@ class NightsTrainer:
     report_task: str | None = None
 
     def __init__(self, ctx: JobContext, study: Study, method: str, seed: int, root: Path, device: str,
-                 handoff_epoch: int | None = None, fit: NightsFit | None = None):
+                 handoff_epoch: int | None = None, fit: NightsFit | None = None, fraction: float = 1.0):
         from pisweep.data import nights  # written beside this module; imported late so this module imports alone
 
         if ctx.world_size > 1:
@@ -134,20 +139,26 @@ class NightsTrainer:
         self.folder = Path(ctx.folder)
         self.init_path = JobPaths(self.folder).init_weights
         self.resume_path = JobPaths(self.folder).resume_state
-        train = nights.read_triplets(root, "train", self.s1.min_votes)
+        train = nights.dose_subset(nights.read_triplets(root, "train", self.s1.min_votes), fraction)
         evals = nights.subsets(root, self.s1.min_votes)
         seed_everything(self.seed)
         model = self._make_model()
         self.model = model.to(self.dev)
         transform = nights_transform(model_image_size(model), *model_mean_std(model))
-        shuffled = method == "shuffled"
+        shuffled, pixel = method == "shuffled", method == "pixel"
         self.train_ds = nights.TripletDataset(
-            train, transform, shuffle_votes_seed=vote_shuffle_seed(self.seed, "train") if shuffled else None)
+            train, transform, shuffle_votes_seed=vote_shuffle_seed(self.seed, "train") if shuffled else None,
+            pixel_votes=pixel)
         self.eval_ds = {k: nights.TripletDataset(evals[k], transform) for k in EVAL_SETS}
-        # targets of the val loss that selects the epoch: permuted for the control (see module docstring)
-        self.val_select_targets = (nights.TripletDataset(evals["val"], transform,
-                                                         vote_shuffle_seed(self.seed, "val")).targets
-                                   if shuffled else self.eval_ds["val"].targets)
+        # targets of the val loss that selects the epoch: the control's own votes (see module docstring)
+        if shuffled:
+            self.val_select_targets = nights.TripletDataset(evals["val"], transform,
+                                                            vote_shuffle_seed(self.seed, "val")).targets
+        elif pixel:
+            self.val_select_targets = nights.pixel_targets(nights.TripletDataset(evals["val"], transform,
+                                                                                 pixel_votes=True))
+        else:
+            self.val_select_targets = self.eval_ds["val"].targets
         self.batch = min(self.s1.global_batch_size, len(self.train_ds))
         self.per_epoch = stage1_steps_per_epoch(len(self.train_ds), self.batch, self.s1.drop_last)
         self.schedule = make_schedule(self.s1.optim, self.per_epoch, self.s1.epochs)
@@ -157,6 +168,8 @@ class NightsTrainer:
                             "train_triplets": len(self.train_ds), "min_votes": self.s1.min_votes}
         if handoff_epoch is not None:  # (absent under best_val: resume states written before the option stay valid)
             self.fingerprint["handoff_epoch"] = handoff_epoch
+        if fraction != 1.0:
+            self.fingerprint["fraction"] = fraction
         self.fingerprint.update(self._fingerprint())
         self.epoch, self.batch_in_epoch, self.step = 1, 0, 0
         self.loss_sum, self.loss_n = 0.0, 0

@@ -1,8 +1,8 @@
-"""Stage 2 (§1.5): CLIP contrastive pretraining of one arm (random / perceptual / shuffled init) on shards.
+"""Stage 2 (§1.5): CLIP contrastive pretraining of one arm (random, perceptual or a control's init) on shards.
 
 Arms differ only in the vision tower: every arm builds the model under torch.manual_seed(seed) the same way,
-so text tower and logit scale are identical, then perceptual/shuffled arms load the ``visual.*`` weights of
-their stage-1 init. Everything the training sees is a pure function of (seed, epoch, step) (see loader.py), and
+so text tower and logit scale are identical, then the init arms (study/arms.py) load the ``visual.*`` weights of
+their init job's ``init.pt``. Everything the training sees is a pure function of (seed, epoch, step) (see loader.py), and
 the resume state holds the rest (model, optimizer, step, RNG), so a preempted run resumes bit for bit.
 
 With several ranks (DDP, started by the node launcher, runner/launch.py) each rank takes its slice of every global batch, so the order
@@ -30,6 +30,7 @@ from pisweep.errors import TrainingError
 from pisweep.job.context import JobContext, Preempted
 from pisweep.job.paths import JobPaths
 from pisweep.models import create_model, unwrap, write_model_config
+from pisweep.study.arms import INIT_ARMS
 from pisweep.study.schedule import stage2_global_batch, stage2_schedule
 from pisweep.study.spec import Study
 from pisweep.train.augment import declip_train_transform, model_image_size, model_mean_std
@@ -44,7 +45,7 @@ from pisweep.train.tracking import Tracker
 
 RESUME_EVERY_S = 600.0  # when stage2.checkpoint_every_steps is None: a resume state about every 10 minutes
 MAX_LOGIT_SCALE = math.log(100)  # exp(logit_scale) <= 100: open_clip_train's clamp, and the fork's (in its loss)
-VISION_INITS = ("perceptual", "shuffled")
+VISION_INITS = INIT_ARMS  # the arms whose vision tower comes from an init job
 log = logging.getLogger("pisweep.train")
 
 
@@ -58,7 +59,7 @@ def build_model(study: Study, init: str, init_weights: Path | None, seed: int):
             raise TrainingError(f"init {init!r} needs init_weights (the stage-1 init.pt)")
         load_visual(model, Path(init_weights))
     elif init != "random":
-        raise TrainingError(f"unknown init {init!r}; expected random, perceptual or shuffled")
+        raise TrainingError(f"unknown init {init!r}; expected random or one of {', '.join(VISION_INITS)}")
     return model, preprocess_val, tokenizer
 
 

@@ -1,0 +1,52 @@
+"""The arm matrix of the report's document: every arm against random on every benchmark at the group's last epoch
+(posthoc at its source epoch), one row per benchmark, one column per arm: the delta, marked by its verdict in the
+family "every arm against random". Pure."""
+from __future__ import annotations
+
+from typing import Any
+
+from pisweep.report.docmodel import BAD, DIM, GOOD, PLAIN, Block, Cell, Table, signed
+
+MARK = {"win": " ▲", "loss": " ▼"}
+
+
+def matrix(gr: dict[str, Any]) -> dict[str, Any] | None:
+    """{"arms", "tasks": [(task, name)], "cells": {(arm, task): {"delta", "outcome"}}} of the group's tables against
+    random; None with fewer than two arms against random (the last-epoch table is the matrix then)."""
+    tables = {k.rsplit("-", 1)[0]: t for k, t in (gr.get("last") or {}).items() if k.endswith("-random")}
+    if len(tables) < 2:
+        return None
+    tasks: dict[str, str] = {}
+    cells = {}
+    for arm, t in tables.items():
+        for r in t["tasks"]:
+            tasks.setdefault(r["task"], r["name"])
+            iv = r["interval"]
+            if iv:
+                cells[(arm, r["task"])] = {"delta": iv["delta"], "outcome": r.get("outcome"), "epoch": t["epoch"]}
+    return {"arms": list(tables), "tasks": list(tasks.items()), "cells": cells}
+
+
+def matrix_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list[Block]:
+    m = matrix(gr)
+    if m is None:
+        return []
+    epochs = sorted({c["epoch"] for c in m["cells"].values()})
+    t = Table(f"every arm against random at epoch {', '.join(map(str, epochs))}: Δ of each benchmark's main metric "
+              f"(▲ win, ▼ loss after Holm over the family 'every arm against random')",
+              [("benchmark", "left")] + [(arm, "right") for arm in m["arms"]])
+    for task, name in m["tasks"]:
+        row = [Cell(name)]
+        for arm in m["arms"]:
+            c = m["cells"].get((arm, task))
+            if c is None:
+                row.append(Cell("—", DIM))
+                continue
+            o = c["outcome"]
+            row.append(Cell(signed(c["delta"], 3) + MARK.get(o, ""), GOOD if o == "win" else BAD if o == "loss"
+                            else PLAIN))
+        t.rows.append(row)
+    out = [Block("h3", "Arm × benchmark"), Block("table", table=t)]
+    if figures:
+        out.append(Block("figure", figure=f"matrix:{gr['key']}"))
+    return out
