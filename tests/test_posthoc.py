@@ -214,3 +214,32 @@ def test_a_missing_source_or_a_pattern_that_matches_nothing_is_one_clear_error(t
     s = study(posthoc={"trainable": ["visual.no_such_block.*"], "workers": 0})
     with pytest.raises(TrainingError, match=r"posthoc.trainable \['visual.no_such_block.\*'\] matches no parameter"):
         run_posthoc(JobContext(uid="n", folder=tmp_path / "n"), s, source, 3, 0, nights_root)
+
+
+def test_a_resubmit_with_a_longer_source_run_adds_cells_and_keeps_the_old_results(recorded, tmp_path):
+    """The study is extended (grid.epochs 4 -> [4, 6]; posthoc.from_epochs gains epoch 2): new source runs and
+    source epochs are new cells; the cell already done keeps its state and its results."""
+    import yaml
+
+    from pisweep.job.events import write_event
+    from pisweep.ledger.ingest import ingest
+    from pisweep.ledger.queries import jobs_of, snapshot
+
+    base = spec(output_root=str(tmp_path / "out"), grid={"seed": [0]})
+    _, plan, layout, led = recorded(yaml.safe_dump(base))
+    (old,) = cells(plan)
+    folder, att = layout.run_dir(old.uid), {"job_id": "j", "restart": 0}
+    write_event(folder, old.uid, "attempt_started", att, executor="local", host="h", pid=1, world_size=1)
+    write_event(folder, old.uid, "eval_state", att, epoch=4, task="imagenet1k", suite_version="1", state="done",
+                metrics={"acc1": 0.5}, main_metric="acc1", path="/e")
+    write_event(folder, old.uid, "attempt_ended", att, outcome="completed", reason=None, step=9, epoch=1)
+    ingest(led, "p")
+    longer = {**base, "grid": {**base["grid"], "epochs": [4, 6]}, "posthoc": {"from_epochs": ["last", 2]}}
+    _, plan2, _, _ = recorded(yaml.safe_dump(longer), ledger=tmp_path / "ledger.sqlite")
+    new = {r.label: r.uid for r in cells(plan2)}
+    assert new[old.label] == old.uid
+    assert sorted(new) == ["posthoc-s-e4-s0-at2", "posthoc-s-e4-s0-at4", "posthoc-s-e6-s0-at2", "posthoc-s-e6-s0-at6"]
+    jobs = jobs_of(led, "p")
+    assert jobs[old.uid].state == "completed"
+    assert {jobs[u].state for label, u in new.items() if u != old.uid} == {"planned"}
+    assert snapshot(led, "p", "1").evals[(old.uid, 4, "imagenet1k")] == "done"
