@@ -11,8 +11,9 @@ MARK = {"win": " ▲", "loss": " ▼"}
 
 
 def matrix(gr: dict[str, Any]) -> dict[str, Any] | None:
-    """{"arms", "tasks": [(task, name)], "cells": {(arm, task): {"delta", "outcome"}}} of the group's tables against
-    random; None with fewer than two arms against random (the last-epoch table is the matrix then)."""
+    """{"arms", "tasks": [(task, name)] with a result, "cells": {(arm, task): {"delta", "outcome", "epoch"}},
+    "without": the tasks no arm has a result of} of the group's tables against random; None with fewer than two
+    arms against random (the last-epoch table is the matrix then)."""
     tables = {k.rsplit("-", 1)[0]: t for k, t in (gr.get("last") or {}).items() if k.endswith("-random")}
     if len(tables) < 2:
         return None
@@ -24,7 +25,9 @@ def matrix(gr: dict[str, Any]) -> dict[str, Any] | None:
             iv = r["interval"]
             if iv:
                 cells[(arm, r["task"])] = {"delta": iv["delta"], "outcome": r.get("outcome"), "epoch": t["epoch"]}
-    return {"arms": list(tables), "tasks": list(tasks.items()), "cells": cells}
+    shown = {task for _, task in cells}
+    return {"arms": list(tables), "tasks": [(k, v) for k, v in tasks.items() if k in shown], "cells": cells,
+            "without": [k for k in tasks if k not in shown]}
 
 
 def matrix_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> list[Block]:
@@ -39,7 +42,7 @@ def matrix_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> lis
         row = [Cell(name)]
         for arm in m["arms"]:
             c = m["cells"].get((arm, task))
-            if c is None:
+            if c is None:  # (this arm has no result here yet)
                 row.append(Cell("—", DIM))
                 continue
             o = c["outcome"]
@@ -47,6 +50,9 @@ def matrix_blocks(rep: dict[str, Any], gr: dict[str, Any], figures: bool) -> lis
                             else PLAIN))
         t.rows.append(row)
     out = [Block("h3", "Arm × benchmark"), Block("table", table=t)]
+    if m["without"]:
+        out.append(Block("p", f"no result for any arm ({len(m['without'])}): {', '.join(m['without'])} "
+                              "(reasons under Coverage)", DIM))
     if figures:
         out.append(Block("figure", figure=f"matrix:{gr['key']}"))
     return out

@@ -8,6 +8,7 @@ from typing import Any
 
 from pisweep.eval import registry
 from pisweep.report import figures
+from pisweep.report.analysis import has_curve
 from pisweep.report.doc import BAD, DIM, GOOD, WARN, Block, document
 from pisweep.report.doc_matrix import matrix
 
@@ -44,7 +45,8 @@ def _figures(rep: dict[str, Any]) -> dict[str, list[tuple[str, bytes]]]:
         if g.get("series") and any(s["rows"] for s in g["series"].values()):
             out[f"curves:{g['key']}"] = [(f"small multiples {g['key']}", figures.curves(g))]
             out[f"heatmap:{g['key']}"] = [(f"delta heatmap {g['key']} {c}", figures.heatmap(g, c))
-                                          for c in rep["comparisons"]]
+                                          for c in rep["comparisons"]
+                                          if has_curve(tuple(c.split("-", 1)))]  # (posthoc: the arm matrix)
         if g.get("nights"):
             out[f"nights:{g['key']}"] = [(f"NIGHTS 2AFC {g['key']}", figures.nights(g))]
         m = matrix(g)
