@@ -92,3 +92,17 @@ def test_bad_fractions_are_refused_with_the_field(tmp_path, fractions, message):
     path.write_text(yaml.safe_dump(spec(nights_fraction=fractions)))
     with pytest.raises(SpecError, match=message):
         load_study(path)
+
+
+def test_every_seed_trains_on_the_same_share(nights_root, tmp_path):
+    from pisweep.job.context import JobContext
+    from pisweep.train.stage1 import NightsTrainer
+
+    s = study_from_json({**spec(), "stage1": {"workers": 0, "global_batch_size": 16, "optim": {"warmup_steps": 1}}})
+    ids = {}
+    for seed in (0, 1):
+        trainer = NightsTrainer(JobContext(uid="d", folder=tmp_path / f"s{seed}"), s, "perceptual", seed,
+                                nights_root, "cpu", fraction=0.25)
+        ids[seed] = [t.id for t in trainer.train_ds.triplets]
+        assert len(trainer.eval_ds["val"]) == len(read_triplets(nights_root, "val"))  # val whole
+    assert ids[0] == ids[1] == [t.id for t in dose_subset(read_triplets(nights_root, "train"), 0.25)]

@@ -428,3 +428,30 @@ def test_tally_counts_wins_and_adjusts_across_the_tasks_that_may_decide():
     assert result.outcome["big"] == "win" and result.outcome["one-seed"] == "no verdict"
     assert result.significant == {"win": 1, "loss": 0, "tie": 28, "no verdict": 1}
     assert tally({"x": (0.0, 1.0, True)}).ties == 1
+
+
+def test_a_family_of_comparisons_holds_its_error_rate_where_each_table_alone_does_not():
+    """Three arms with no effect, each against the same random arm (so their comparisons are correlated), on ten
+    benchmarks: Holm over the family keeps the chance of any false win or loss at about alpha; Holm within each
+    comparison's table alone lets it grow toward 1 - (1 - alpha)^3."""
+    from pisweep.report.estimate import interval_dict
+    from pisweep.report.lastepoch import adjust_family
+
+    rng = np.random.default_rng(7)
+    reps, seeds, tasks, arms = 1500, 3, 10, ("perceptual", "pixel", "norm_matched")
+    base = 0.40 + 0.02 * rng.standard_normal((reps, tasks, seeds))  # the random arm: shared by the comparisons
+    ivs = {arm: intervals((0.40 + 0.02 * rng.standard_normal((reps, tasks, seeds))).reshape(-1, seeds),
+                          base.reshape(-1, seeds), seeds_a=range(seeds), seeds_b=range(seeds)) for arm in arms}
+    family_errors = alone_errors = 0
+    for rep in range(reps):
+        tables = {f"{arm}-random": {"tasks": [{"task": f"t{j}", "kind": "classification",
+                                               "interval": interval_dict(ivs[arm][rep * tasks + j])}
+                                              for j in range(tasks)]} for arm in arms}
+        for k, t in tables.items():
+            adjust_family({k: t}, 0.05, None)
+        alone_errors += any(r["outcome"] != "tie" for t in tables.values() for r in t["tasks"])
+        adjust_family(tables, 0.05, "vs_random")
+        family_errors += any(r["outcome"] != "tie" for t in tables.values() for r in t["tasks"])
+        assert all(t["holm"]["tests"] == len(arms) * tasks for t in tables.values())
+    assert family_errors / reps <= 0.065
+    assert alone_errors / reps >= 0.09
