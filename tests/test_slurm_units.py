@@ -95,7 +95,7 @@ def render_sbatch(kind: str) -> str:
     return text.replace(sys.executable, "PYTHON")
 
 
-@pytest.mark.parametrize("kind", ["init", "train", "eval"])
+@pytest.mark.parametrize("kind", ["init", "train", "eval", "posthoc"])
 def test_sbatch_files_match_their_golden_records(kind):
     """What a site's scheduler receives, line by line. On a deliberate change: delete the record and rerun."""
     record = ROOT / "tests" / "data" / f"sbatch-{kind}.golden.txt"
