@@ -19,7 +19,7 @@ from pisweep.report.emergence import crossover_epoch, emergence_epoch, onset_dis
 from pisweep.report.estimate import Estimator, interval_dict
 from pisweep.report.inference import Interval
 from pisweep.report.lastepoch import FAMILIES, adjust_family, family_of, last_table
-from pisweep.study.arms import CONTROLS
+from pisweep.study.arms import CONTROLS, POSTHOC
 
 DEFINITIONS = {
     "delta": "A − B of the task's main metric, each arm's value being the mean over its seeds (each arm − random; "
@@ -98,7 +98,7 @@ def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str]]:
     """The two families (lastepoch.FAMILIES): every arm against random (perceptual first; each control, each NIGHTS
     dose, posthoc), then perceptual against each control and against posthoc (posthoc at its source epochs)."""
     vs_random = [(a, "random") for a in arms if a != "random"]  # in the report's order of arms
-    vs_perceptual = [("perceptual", c) for c in (*CONTROLS, "posthoc")]
+    vs_perceptual = [("perceptual", c) for c in (*CONTROLS, POSTHOC)]
     return [c for c in vs_random + vs_perceptual if c[0] in arms and c[1] in arms]
 
 
@@ -110,9 +110,6 @@ def has_curve(c: tuple[str, str]) -> bool:
     """Whether a comparison has an emergence curve: not one with the posthoc arm, which has results at its source
     epochs only (a fine-tune of a finished pretraining, not a training of its own that a curve could follow)."""
     return POSTHOC not in c
-
-
-POSTHOC = "posthoc"
 
 
 class _Values:

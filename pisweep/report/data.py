@@ -18,7 +18,7 @@ from pisweep.job.paths import JobPaths
 from pisweep.ledger import results
 from pisweep.ledger.db import Ledger
 from pisweep.ledger.queries import jobs_of
-from pisweep.study.arms import arm_order
+from pisweep.study.arms import POSTHOC, arm_order
 from pisweep.study.plan import Plan
 from pisweep.study.spec import Study
 
@@ -43,7 +43,7 @@ class Run:
     def evaluates(self, epoch: int, start: bool = False) -> bool:
         """Whether the plan evaluates this run at ``epoch`` (``start``: epoch 0 too, the weights a training starts
         from; a post-hoc cell has only its source epoch)."""
-        return epoch in self.eval_epochs or (start and epoch == 0 and self.init != "posthoc")
+        return epoch in self.eval_epochs or (start and epoch == 0 and self.init != POSTHOC)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pisweep.report.docmodel import BAD, DIM, GOOD, PLAIN, Block, Cell, Table, signed
+from pisweep.report.docmodel import BAD, DIM, GOOD, PLAIN, Block, Cell, Table, arm_names, signed
 
 MARK = {"win": " ▲", "loss": " ▼"}
 
@@ -14,7 +14,7 @@ def matrix(gr: dict[str, Any]) -> dict[str, Any] | None:
     """{"arms", "tasks": [(task, name)] with a result, "cells": {(arm, task): {"delta", "outcome", "epoch"}},
     "without": the tasks no arm has a result of} of the group's tables against random; None with fewer than two
     arms against random (the last-epoch table is the matrix then)."""
-    tables = {k.rsplit("-", 1)[0]: t for k, t in (gr.get("last") or {}).items() if k.endswith("-random")}
+    tables = {arm_names(k)[0]: t for k, t in (gr.get("last") or {}).items() if arm_names(k)[1] == "random"}
     if len(tables) < 2:
         return None
     tasks: dict[str, str] = {}

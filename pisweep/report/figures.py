@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from pisweep.report.docmodel import epoch_range, noise_note
+from pisweep.study.arms import POSTHOC
 
 COLORS = {"random": "#7f7f7f", "perceptual": "#d62728", "shuffled": "#1f77b4", "posthoc": "#2ca02c",
           "pixel": "#bcbd22", "norm_matched": "#17becf"}
@@ -47,19 +48,20 @@ def _png(fig) -> bytes:
 
 #: comparisons after the first take these (none is an arm's colour)
 OTHER_COLORS = ("#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#393b79", "#7b4173")
-POSTHOC = "posthoc"  # an arm with results at its source epochs only: points with error bars, not a curve
-
-
 def _finite(values: list) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _yerr(y: list[float], lo: list, hi: list) -> list[list[float]] | None:
+    """Error bars from interval bounds (None when a bound is unknown)."""
+    return [[v - a for v, a in zip(y, lo)], [b - v for v, b in zip(y, hi)]] if _finite(lo + hi) else None
 
 
 def _points(ax, x: list[int], y: list[float], lo: list, hi: list, color: str | None, label: str,
             shift: float = 0.15) -> None:
     """Points with their intervals as error bars (where the intervals are known), ``shift`` epochs to the right
     of the curves they sit beside."""
-    err = [[v - a for v, a in zip(y, lo)], [b - v for v, b in zip(y, hi)]] if _finite(lo + hi) else None
-    ax.errorbar([e + shift for e in x], y, yerr=err, fmt="D", ms=5, color=color, capsize=3, lw=1, label=label, zorder=3)
+    ax.errorbar([e + shift for e in x], y, yerr=_yerr(y, lo, hi), fmt="D", ms=5, color=color, capsize=3, lw=1, label=label, zorder=3)
 
 
 def _band(ax, series: dict[str, Any], arm: str) -> None:
@@ -280,9 +282,7 @@ def dose(group: dict[str, Any], main_name: str, metric: str) -> bytes:
             continue
         x = [r["fraction"] for r in rows]
         y = [r["delta"] for r in rows]
-        lo, hi = [r["lo"] for r in rows], [r["hi"] for r in rows]
-        err = [[v - a for v, a in zip(y, lo)], [b - v for v, b in zip(y, hi)]] if _finite(lo + hi) else None
-        ax_d.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, lw=1.2, color=COLORS.get(method), label=method)
+        ax_d.errorbar(x, y, yerr=_yerr(y, [r["lo"] for r in rows], [r["hi"] for r in rows]), marker="o", ms=4, capsize=3, lw=1.2, color=COLORS.get(method), label=method)
         done = [(r["fraction"], r["emergence_epoch"]) for r in rows if r["emergence_epoch"] is not None]
         if done:
             ax_e.plot(*zip(*done), marker="o", lw=1.2, color=COLORS.get(method), label=method)

@@ -24,7 +24,8 @@ TRAINED_INITS: tuple[str, ...] = ("perceptual", "shuffled", "pixel")
 #: the inits with a dose axis (grid.nights_fraction): trained on a share of NIGHTS' train triplets
 DOSE_INITS: tuple[str, ...] = ("perceptual", "shuffled")
 #: the arms that read NIGHTS (to train, or to be derived from what did)
-NIGHTS_ARMS: tuple[str, ...] = (*INIT_ARMS, "posthoc")
+POSTHOC = "posthoc"  # results at its source epochs only: compared there, never along a curve
+NIGHTS_ARMS: tuple[str, ...] = (*INIT_ARMS, POSTHOC)
 
 
 def arm_name(method: str, fraction: float = 1.0) -> str:

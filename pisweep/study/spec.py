@@ -143,12 +143,12 @@ class NightsFit(Strict):
     """A training of the vision tower on NIGHTS triplets with the 2AFC hinge: stage 1 (the init) and the post-hoc
     fine-tune share these fields; their defaults are each one's own."""
 
-    epochs: int = Field(32, ge=1)
-    global_batch_size: int = Field(768, ge=1)
-    margin: float = Field(0.05, gt=0)  # hinge margin on d = 1 - cos
+    epochs: int = Field(32, ge=1)  # §1.4: 32 epochs (stage 1's defaults here; posthoc overrides its own)
+    global_batch_size: int = Field(768, ge=1)  # §1.4: 128 per device x 6 devices
+    margin: float = Field(0.05, gt=0)  # §1.4: hinge margin 0.05 on d = 1 - cos
     min_votes: int = Field(6, ge=1)  # §2.2: keep rows with votes >= 6
     drop_last: bool = False  # leave out an epoch's last, partial batch (the fork's NIGHTS loader: drop_last=True)
-    optim: OptimSpec = OptimSpec(warmup_steps=150)
+    optim: OptimSpec = OptimSpec(warmup_steps=150)  # §1.4: 150 warmup steps
     # The epoch handed on: "best_val" the lowest NIGHTS val loss, "last" the last epoch, or a fixed epoch (training
     # stops there; the schedule stays the full run's).
     handoff: Literal["best_val", "last"] | int = "best_val"
@@ -180,10 +180,6 @@ class Stage1Spec(NightsFit):
     the fork loads (last.ckpt). Control inits hand on the epoch their seed's perceptual init hands on, so every arm
     gets as many stage-1 updates."""
 
-    epochs: int = Field(32, ge=1)  # §1.4: 32 epochs
-    global_batch_size: int = Field(768, ge=1)  # §1.4: 128 per device x 6 devices
-    margin: float = Field(0.05, gt=0)  # §1.4: hinge margin 0.05
-    optim: OptimSpec = OptimSpec(warmup_steps=150)  # §1.4: 150 warmup steps
     seed_offset: int = 0  # stage-1 seed = run seed + offset (the authors used 42 for one run)
 
 

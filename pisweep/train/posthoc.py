@@ -12,13 +12,12 @@ NIGHTS report are stage 1's (train/stage1.py).
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pisweep.atomic import atomic_write_json
+from pisweep.atomic import atomic_write_json, sha256_file
 from pisweep.errors import TrainingError
 from pisweep.job.context import JobContext
 from pisweep.job.paths import JobPaths
@@ -40,14 +39,6 @@ def trainable_names(names: list[str], patterns: list[str]) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _Posthoc(NightsTrainer):
     report_task = "finetune"  # its epochs are the fine-tune's, not pretraining epochs
 
@@ -57,7 +48,7 @@ class _Posthoc(NightsTrainer):
             raise TrainingError(f"job {ctx.uid}: the source weights {source} (epoch {source_epoch} of the run it "
                                 f"fine-tunes) do not exist; that run's retention may have removed them")
         self.source, self.source_epoch = source, source_epoch
-        self.source_sha = _sha256(source)
+        self.source_sha = sha256_file(source)
         self.out_path = JobPaths(ctx.folder).weights(source_epoch)
         super().__init__(ctx, study, "perceptual", seed, root, device, study.posthoc.fixed_handoff(),
                          fit=study.posthoc)
